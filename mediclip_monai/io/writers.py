@@ -1,0 +1,466 @@
+"""Writers for MediCLIP's inference outputs: anomaly map and mask (NIfTI), 3D Slicer segmentation
+(``.seg.nrrd``), DICOM SEG, and the run's ``scores.csv``.
+
+Arrays come in the *input's* voxel grid, as MONAI loaded it: 2D ``(H, W)`` or 3D ``(H, W, D)``, no
+channel axis, plus the 4x4 voxel-to-world affine in MONAI's RAS convention (``MetaTensor.affine`` from
+``LoadImage``, for NIfTI and DICOM alike). Each writer keeps that grid, so every output overlays the
+source image in 3D Slicer, ITK-SNAP or OHIF without resampling. Files are written atomically
+(:func:`mediclip_monai.io.atomic.atomic_write`) and parent folders are created.
+
+Axis order of a DICOM series loaded by MONAI 1.6's ``PydicomReader`` (``LoadImage(reader="PydicomReader")``,
+default ``swap_ij=True``), read from ``monai/data/image_reader.py``:
+
+* the slices are stacked on the last axis in ascending **InstanceNumber** order (not by position);
+  the affine's slice column is ``(IPP_last - IPP_first) / (n - 1)`` over that order, so ``k`` runs
+  along or against the slice normal depending on how the scanner numbered the instances;
+* each slice's ``pixel_array`` (rows, columns) is transposed: ``volume[i, j, k] ==
+  pixel_array_of_instance_k[j, i]``, i.e. axis 0 is the **column** index (along the DICOM row
+  direction, spacing ``PixelSpacing[1]``) and axis 1 the **row** index (along the column direction,
+  spacing ``PixelSpacing[0]``);
+* the affine is converted from LPS to RAS (x and y negated).
+
+:func:`write_dicom_seg` undoes exactly this, and when given the volume's affine it matches the mask
+grid to the series geometrically, so any reader's order works.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .atomic import atomic_write
+
+__all__ = [
+    "read_dicom_series",
+    "write_anomaly_map",
+    "write_anomaly_mask",
+    "write_dicom_seg",
+    "write_scores_csv",
+    "write_slicer_segmentation",
+]
+
+# RAS <-> LPS: negate the first two world axes (the transform is its own inverse).
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+# One terminology for the anomaly segment in both formats: SNOMED CT "Morphologically abnormal
+# structure" / "Lesion", the closest standard pair to "something the model finds abnormal".
+_CATEGORY = ("SCT", "49755003", "Morphologically Abnormal Structure")
+_TYPE = ("SCT", "52988006", "Lesion")
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("mediclip-monai")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _as_numpy(array) -> np.ndarray:
+    """numpy view of a numpy array, torch tensor or MetaTensor (on any device)."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def _check_spatial(array: np.ndarray, what: str) -> None:
+    if array.ndim not in (2, 3):
+        raise ValueError(
+            f"{what} must be 2D (H, W) or 3D (H, W, D) without a channel axis, got shape {array.shape}; "
+            "squeeze the channel first."
+        )
+
+
+def _affine_4x4(affine, ndim: int) -> np.ndarray:
+    """The voxel-to-world affine as a float64 4x4; a 3x3 (2D) affine is embedded with a unit third axis."""
+    affine = _as_numpy(affine).astype(np.float64)
+    if affine.shape == (3, 3) and ndim == 2:
+        full = np.eye(4)
+        full[:2, :2] = affine[:2, :2]
+        full[:2, 3] = affine[:2, 2]
+        return full
+    if affine.shape != (4, 4):
+        raise ValueError(f"affine must be 4x4 (or 3x3 for a 2D array), got shape {affine.shape}")
+    if not np.all(np.isfinite(affine)):
+        raise ValueError("affine has non-finite values")
+    return affine
+
+
+def _write_nifti(path, data: np.ndarray, affine: np.ndarray) -> Path:
+    image = nib.Nifti1Image(data, affine)
+    # Same geometry in sform and qform, both "scanner" (code 1): nibabel prefers the sform, ITK/SimpleITK
+    # may take the qform; with both set and equal, every reader places the map on the source image.
+    image.set_sform(affine, code=1)
+    image.set_qform(affine, code=1)
+    image.set_data_dtype(data.dtype)
+    image.header.set_xyzt_units("mm", "sec")
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        nib.save(image, tmp)
+    return path
+
+
+def write_anomaly_map(path: str | os.PathLike, anomaly_map, affine) -> Path:
+    """Write an anomaly probability map as float32 NIfTI.
+
+    Args:
+        path: destination, normally ``<name>/<name>_anomaly_map.nii.gz``.
+        anomaly_map: ``(H, W)`` or ``(H, W, D)`` anomaly probabilities in the input's voxel grid; values
+            are clipped to [0, 1]. NaN or inf is refused (it means a broken model output).
+        affine: 4x4 voxel-to-world matrix in RAS millimetres (``MetaTensor.affine``).
+
+    Returns:
+        ``path`` as a Path. A 2D array gives a 2D NIfTI of exactly that shape.
+    """
+    data = _as_numpy(anomaly_map).astype(np.float32)
+    _check_spatial(data, "anomaly_map")
+    if not np.all(np.isfinite(data)):
+        raise ValueError("anomaly_map has NaN or infinite values")
+    data = np.clip(data, 0.0, 1.0)
+    return _write_nifti(path, data, _affine_4x4(affine, data.ndim))
+
+
+def write_anomaly_mask(path: str | os.PathLike, mask, affine) -> Path:
+    """Write a binary anomaly mask as uint8 NIfTI (0 normal, 1 anomalous; any non-zero input is 1).
+
+    Same shape and geometry rules as :func:`write_anomaly_map`.
+    """
+    data = (_as_numpy(mask) > 0).astype(np.uint8)
+    _check_spatial(data, "mask")
+    return _write_nifti(path, data, _affine_4x4(affine, data.ndim))
+
+
+def _to_3d_grid(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 2D mask and its affine as a one-slice volume; the slice axis is the in-plane normal (1 mm)."""
+    if mask.ndim == 3:
+        return mask, affine
+    affine = affine.copy()
+    if np.linalg.norm(affine[:3, 2]) < 1e-6:
+        normal = np.cross(affine[:3, 0], affine[:3, 1])
+        affine[:3, 2] = normal / np.linalg.norm(normal)
+    return mask[..., None], affine
+
+
+def write_slicer_segmentation(
+    path: str | os.PathLike,
+    mask,
+    affine,
+    segment_name: str = "anomaly",
+    color: Sequence[float] = (1.0, 0.2, 0.2),
+) -> Path:
+    """Write a binary mask as a 3D Slicer segmentation file (``.seg.nrrd``) with one segment.
+
+    Follows what Slicer's ``vtkMRMLSegmentationStorageNode`` writes for a single-layer binary labelmap:
+    a 3D unsigned-char NRRD in ``left-posterior-superior`` space, with ``Segment0_*`` and
+    ``Segmentation_*`` keys, so Slicer loads it as a segmentation (name and colour kept), not as a
+    volume.
+
+    Args:
+        path: destination, normally ``<name>/<name>_anomaly.seg.nrrd``.
+        mask: ``(H, W)`` or ``(H, W, D)`` binary mask in the input's voxel grid (non-zero = anomalous).
+            A 2D mask is written as a one-slice volume.
+        affine: 4x4 voxel-to-world matrix in RAS millimetres; converted to LPS for the file.
+        segment_name: the segment's name shown in Slicer.
+        color: segment colour, RGB in [0, 1].
+    """
+    import nrrd  # pynrrd; imported here so the NIfTI writers do not need it
+
+    data = (_as_numpy(mask) > 0).astype(np.uint8)
+    _check_spatial(data, "mask")
+    data, ras_affine = _to_3d_grid(data, _affine_4x4(affine, data.ndim))
+    lps_affine = _RAS_TO_LPS @ ras_affine
+
+    # Slicer writes the extent of the segment's labelmap, and "0 -1 0 -1 0 -1" for an empty segment.
+    if data.any():
+        extent = " ".join(f"0 {size - 1}" for size in data.shape)
+    else:
+        extent = "0 -1 0 -1 0 -1"
+    category, seg_type = _CATEGORY, _TYPE
+    terminology = (
+        "Segmentation category and type - 3D Slicer General Anatomy list"
+        f"~{category[0]}^{category[1]}^{category[2]}~{seg_type[0]}^{seg_type[1]}^{seg_type[2]}"
+        "~^^~Anatomic codes - DICOM master list~^^~^^"
+    )
+    header = {
+        "space": "left-posterior-superior",
+        # pynrrd: one row per array axis, the world step of that axis (NRRD's "space directions").
+        "space directions": lps_affine[:3, :3].T.copy(),
+        "space origin": lps_affine[:3, 3].copy(),
+        "kinds": ["domain", "domain", "domain"],
+        "encoding": "gzip",
+        "Segment0_ID": "Segment_1",
+        "Segment0_Name": segment_name,
+        "Segment0_NameAutoGenerated": "0",
+        "Segment0_Color": " ".join(f"{float(c):g}" for c in color),
+        "Segment0_ColorAutoGenerated": "0",
+        "Segment0_Extent": extent,
+        "Segment0_LabelValue": "1",
+        "Segment0_Layer": "0",
+        # "inprogress": a model's proposal that a reader still has to review.
+        "Segment0_Tags": f"Segmentation.Status:inprogress|TerminologyEntry:{terminology}|",
+        "Segmentation_MasterRepresentation": "Binary labelmap",
+        "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
+        "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+    }
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        # Fortran index order: array axis 0 is NRRD's fastest axis, matching the rows of space directions.
+        nrrd.write(str(tmp), data, header, index_order="F")
+    return path
+
+
+# --- DICOM -------------------------------------------------------------------------------------------
+
+
+def _has_geometry(ds) -> bool:
+    return "ImageOrientationPatient" in ds and "ImagePositionPatient" in ds
+
+
+def _orientation(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row direction, column direction, slice normal) in LPS, unit vectors."""
+    iop = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
+    row_dir, col_dir = iop[:3], iop[3:]
+    return row_dir, col_dir, np.cross(row_dir, col_dir)
+
+
+def _sort_along_normal(datasets: Sequence) -> list:
+    """The datasets of one series sorted by position along the slice normal (ascending)."""
+    datasets = list(datasets)
+    if not datasets:
+        raise ValueError("no DICOM datasets given")
+    if not all(_has_geometry(ds) for ds in datasets):
+        if len(datasets) > 1:
+            raise ValueError(
+                "a multi-slice series needs ImageOrientationPatient and ImagePositionPatient on every slice"
+            )
+        return datasets
+    row_dir, col_dir, normal = _orientation(datasets[0])
+    for ds in datasets[1:]:
+        other = _orientation(ds)
+        if not (np.allclose(other[0], row_dir, atol=1e-4) and np.allclose(other[1], col_dir, atol=1e-4)):
+            raise ValueError("the slices of the series do not share one ImageOrientationPatient")
+    positions = [float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=np.float64))) for ds in datasets]
+    if len(set(np.round(positions, 4))) != len(positions):
+        # Several echoes/phases per position: one volume cannot hold them, so no mask maps onto them.
+        raise ValueError("two slices of the series share one position along the slice normal")
+    return [datasets[i] for i in np.argsort(positions)]
+
+
+def _slice_affine_ras(datasets: Sequence, first, last) -> np.ndarray:
+    """The RAS affine of a (cols, rows, slices) volume whose slice axis runs from ``first`` to ``last``.
+
+    Same construction as MONAI's PydicomReader after its i/j swap.
+    """
+    row_dir, col_dir, normal = _orientation(datasets[0])
+    row_spacing, col_spacing = (float(v) for v in datasets[0].PixelSpacing)
+    first_pos = np.asarray(first.ImagePositionPatient, dtype=np.float64)
+    last_pos = np.asarray(last.ImagePositionPatient, dtype=np.float64)
+    n = len(datasets)
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * col_spacing  # axis 0: column index, moves along a row
+    lps[:3, 1] = col_dir * row_spacing  # axis 1: row index, moves down a column
+    lps[:3, 2] = (last_pos - first_pos) / (n - 1) if n > 1 else normal
+    lps[:3, 3] = first_pos
+    return _RAS_TO_LPS @ lps
+
+
+def _pydicom_reader_affine(datasets: Sequence) -> np.ndarray:
+    """The affine MONAI's PydicomReader gives this series (slices in InstanceNumber order)."""
+    by_instance = sorted(datasets, key=lambda ds: int(ds.InstanceNumber))
+    return _slice_affine_ras(datasets, by_instance[0], by_instance[-1])
+
+
+def _check_instance_numbers_follow_position(sorted_datasets: Sequence) -> None:
+    numbers = np.asarray([int(ds.InstanceNumber) for ds in sorted_datasets])
+    steps = np.diff(numbers)
+    if len(numbers) > 1 and not (np.all(steps > 0) or np.all(steps < 0)):
+        raise ValueError(
+            "the series' InstanceNumbers do not follow the slice positions; MONAI's PydicomReader stacks "
+            "slices by InstanceNumber, so its volume does not match the series geometry. Load the series "
+            "with a reader that sorts by position (e.g. ITKReader) and pass that volume's `affine`."
+        )
+
+
+def _mask_to_series_grid(mask: np.ndarray, mask_affine: np.ndarray, series_affine: np.ndarray,
+                         series_shape: tuple[int, int, int]) -> np.ndarray:
+    """Reorder ``mask`` (voxel grid ``mask_affine``) onto the series grid by flips and axis swaps.
+
+    The two grids must be the same voxels up to axis order and direction (what any DICOM reader gives);
+    anything else (resampled, cropped, another series) is refused rather than silently misplaced.
+    """
+    voxel_map = np.linalg.solve(series_affine, mask_affine)  # mask voxel index -> series voxel index
+    linear, offset = voxel_map[:3, :3], voxel_map[:3, 3]
+    target_axis = np.argmax(np.abs(linear), axis=0)  # for each mask axis, the series axis it runs along
+    signs = np.sign(linear[target_axis, np.arange(3)])
+    expected = np.zeros((3, 3))
+    expected[target_axis, np.arange(3)] = signs
+    # Tolerances in voxels: loose enough for rounded DICOM positions and readers that estimate the
+    # slice step differently, far too tight to accept another axis order or a one-voxel shift.
+    if sorted(target_axis.tolist()) != [0, 1, 2] or not np.allclose(linear, expected, atol=1e-2):
+        raise ValueError("the mask's affine is not the DICOM series' voxel grid up to axis order and flips")
+    for mask_axis, (axis, sign) in enumerate(zip(target_axis, signs)):
+        start = 0.0 if sign > 0 else series_shape[axis] - 1.0
+        if mask.shape[mask_axis] != series_shape[axis] or abs(offset[axis] - start) > 0.25:
+            raise ValueError(
+                f"mask of shape {mask.shape} does not cover the DICOM series grid {series_shape} "
+                "(columns, rows, slices)"
+            )
+    flipped = np.flip(mask, axis=tuple(int(a) for a in np.flatnonzero(signs < 0)))
+    source_axis = np.argsort(target_axis)  # for each series axis, the mask axis that feeds it
+    return np.transpose(flipped, axes=tuple(int(a) for a in source_axis))
+
+
+def read_dicom_series(folder: str | os.PathLike, stop_before_pixels: bool = False) -> list:
+    """Read the DICOM image series in ``folder`` (not recursive) sorted along the slice normal.
+
+    Files that are not DICOM, and DICOM objects that are not images of the series (SEG, SR, ...), are
+    skipped. More than one image series in the folder is an error: which one was meant is unknowable.
+
+    Returns:
+        list of ``pydicom.Dataset``, ascending position along ``row direction x column direction``.
+    """
+    import pydicom
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"not a folder: {folder}")
+    datasets = []
+    for file in sorted(folder.iterdir()):
+        if not file.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=stop_before_pixels)
+        except pydicom.errors.InvalidDicomError:
+            continue
+        if "Rows" not in ds or "SegmentSequence" in ds:
+            continue
+        datasets.append(ds)
+    if not datasets:
+        raise FileNotFoundError(f"no DICOM images in {folder}")
+    series = {ds.get("SeriesInstanceUID") for ds in datasets}
+    if len(series) > 1:
+        raise ValueError(f"{folder} holds {len(series)} DICOM series; give one series per folder")
+    return _sort_along_normal(datasets)
+
+
+def write_dicom_seg(
+    path: str | os.PathLike,
+    mask,
+    source_datasets: Sequence,
+    segment_label: str = "anomaly",
+    affine=None,
+) -> Path:
+    """Write a binary mask as a DICOM Segmentation (SEG) that references the source series.
+
+    Args:
+        path: destination, normally ``<name>/<name>_anomaly_seg.dcm``.
+        mask: binary mask of the series in MONAI's array order, ``(columns, rows, slices)`` (see the
+            module docstring); a single-image input may be 2D ``(columns, rows)``.
+        source_datasets: the series' ``pydicom.Dataset`` objects, in any order
+            (:func:`read_dicom_series` gives them).
+        segment_label: the segment's label.
+        affine: optional 4x4 RAS affine of the volume the mask lives on (``MetaTensor.affine``). When
+            given, mask slices are matched to source instances geometrically, so any reader's axis order
+            works. When ``None``, the mask must be in MONAI PydicomReader's order (slices by
+            InstanceNumber); it is still mapped to the instances by position along the slice normal.
+
+    The SEG is BINARY with one segment (algorithm type AUTOMATIC, algorithm "MediCLIP"); each frame
+    references the source instance it lies on, and empty frames are omitted (highdicom's default).
+    """
+    import highdicom as hd
+    from pydicom.sr.coding import Code
+
+    datasets = _sort_along_normal(source_datasets)
+    first = datasets[0]
+    if int(first.get("NumberOfFrames", 1) or 1) > 1:
+        raise ValueError("multi-frame source images are not supported; give a series of single-frame images")
+    data = _as_numpy(mask) > 0
+    _check_spatial(data, "mask")
+    if data.ndim == 2:
+        data = data[..., None]
+    series_shape = (int(first.Columns), int(first.Rows), len(datasets))
+
+    if _has_geometry(first):
+        series_affine = _slice_affine_ras(datasets, datasets[0], datasets[-1])
+        if affine is None:
+            _check_instance_numbers_follow_position(datasets)
+            mask_affine = _pydicom_reader_affine(datasets)
+        else:
+            mask_affine = _affine_4x4(affine, 3)
+        if len(datasets) == 1:
+            # A single slice has no slice step; readers fill that column arbitrarily.
+            mask_affine = mask_affine.copy()
+            mask_affine[:3, 2] = series_affine[:3, 2]
+        data = _mask_to_series_grid(data, mask_affine, series_affine, series_shape)
+    elif data.shape != series_shape:
+        raise ValueError(f"mask of shape {data.shape} does not match the image (columns, rows) {series_shape}")
+
+    # (columns, rows, slices) -> frames (slices, rows, columns), frame k on source instance k.
+    frames = np.ascontiguousarray(np.transpose(data, (2, 1, 0)).astype(np.uint8))
+    version = _package_version()
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=segment_label,
+        segmented_property_category=Code(_CATEGORY[1], _CATEGORY[0], _CATEGORY[2]),
+        segmented_property_type=Code(_TYPE[1], _TYPE[0], _TYPE[2]),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="MediCLIP",
+            family=Code("123110", "DCM", "Artificial Intelligence"),
+            version=version,
+        ),
+    )
+    source_series_number = first.get("SeriesNumber")
+    series_number = (int(source_series_number) if source_series_number not in (None, "") else 0) + 1000
+    seg = hd.seg.Segmentation(
+        source_images=datasets,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="mediclip-monai",
+        manufacturer_model_name="MediCLIP",
+        software_versions=version,
+        device_serial_number="none",
+        series_description="MediCLIP anomaly",
+        content_label="ANOMALY",
+        content_description="MediCLIP anomaly mask",
+    )
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        seg.save_as(tmp)
+    return path
+
+
+# --- scores ------------------------------------------------------------------------------------------
+
+
+def write_scores_csv(path: str | os.PathLike, rows: Iterable[Mapping]) -> Path:
+    """Write the run's per-case scores as CSV with the header ``name,score,max_slice``.
+
+    Args:
+        rows: dicts with ``name``, ``score`` (image anomaly score, the map's maximum) and ``max_slice``
+            (index of the slice holding the maximum for 3D inputs; ``None`` or ``""`` for 2D, written
+            as an empty field).
+    """
+    path = Path(path)
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "score", "max_slice"])
+        for row in rows:
+            max_slice = row.get("max_slice")
+            writer.writerow([
+                row["name"],
+                # Shortest text that reads back to the same value in the score's own precision.
+                np.format_float_positional(_as_numpy(row["score"]), unique=True, trim="-"),
+                "" if max_slice is None or max_slice == "" else int(max_slice),
+            ])
+    return path

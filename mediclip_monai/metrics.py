@@ -1,0 +1,385 @@
+"""Anomaly-detection metrics for MediCLIP: image AUROC, pixel AUROC, pixel AUPRO, max F1, their Ignite
+versions for MONAI engines, and the two evaluation figures (ROC curve, overlay montage).
+
+The numpy functions follow the MVTec AD / MediCLIP evaluation protocol (arXiv 2405.11315 reports image
+AUROC and pixel AUROC; AUPRO is the per-region overlap of Bergmann et al., MVTec AD, IJCV 2021). Scores
+are anomaly probabilities (higher = more abnormal); labels are 0 normal / 1 abnormal.
+
+Where a metric is undefined because only one class is present (every test image normal, a batch
+without any anomalous pixel), the functions return NaN and warn instead of raising, so an evaluation
+run on such data still finishes and logs the other metrics.
+
+The Ignite metrics (:class:`ImageAUROC`, :class:`PixelAUROC`) plug into MONAI's ``SupervisedEvaluator``
+as ``key_val_metric`` / ``additional_metrics``; they accumulate over iterations and gather across
+processes in distributed runs. From a bundle config::
+
+    {"_target_": "mediclip_monai.metrics.ImageAUROC",
+     "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import ignite.distributed as idist
+import numpy as np
+import torch
+from ignite.exceptions import NotComputableError
+from ignite.metrics import Metric
+from ignite.metrics.metric import reinit__is_reduced
+from scipy import ndimage
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
+
+from .io.atomic import atomic_write
+
+__all__ = [
+    "ImageAUROC",
+    "PixelAUROC",
+    "image_auroc",
+    "max_f1",
+    "overlay_montage",
+    "pixel_aupro",
+    "pixel_auroc",
+    "plot_roc",
+]
+
+
+def _to_numpy(array) -> np.ndarray:
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def _flat_labels_scores(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    labels = _to_numpy(labels).reshape(-1) > 0
+    scores = _to_numpy(scores).reshape(-1).astype(np.float64)
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels and scores differ in size: {labels.size} vs {scores.size}")
+    return labels, scores
+
+
+def _one_class(labels: np.ndarray, what: str) -> bool:
+    """True (and a warning) when ``labels`` hold a single class, so the metric is undefined."""
+    positives = int(labels.sum())
+    if positives == 0 or positives == labels.size:
+        present = "abnormal" if positives else "normal"
+        warnings.warn(f"{what} is undefined when only {present} samples are present; returning NaN", stacklevel=3)
+        return True
+    return False
+
+
+def _samples(arrays) -> list[np.ndarray]:
+    """Per-sample arrays from a batch array (leading sample axis) or a list of arrays."""
+    if isinstance(arrays, (list, tuple)):
+        return [_to_numpy(a) for a in arrays]
+    arrays = _to_numpy(arrays)
+    return list(arrays)
+
+
+def image_auroc(labels, scores) -> float:
+    """Area under the ROC curve of image-level anomaly scores.
+
+    Args:
+        labels: image truths, 0 normal / non-zero abnormal, any shape (flattened).
+        scores: image anomaly scores (e.g. the map's maximum), same number of elements.
+
+    Returns:
+        AUROC in [0, 1]; NaN with a warning if only one class is present.
+    """
+    labels, scores = _flat_labels_scores(labels, scores)
+    if _one_class(labels, "image AUROC"):
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+def pixel_auroc(masks, maps) -> float:
+    """Area under the ROC curve over all pixels (voxels) of all images pooled together.
+
+    Args:
+        masks: truth masks (non-zero = anomalous): one array with a leading sample axis, or a list of
+            per-sample arrays (sizes may differ between samples).
+        maps: anomaly maps, same layout and sizes as ``masks``.
+
+    Returns:
+        AUROC in [0, 1]; NaN with a warning if no pixel (or every pixel) is anomalous.
+    """
+    mask_list, map_list = _samples(masks), _samples(maps)
+    if len(mask_list) != len(map_list):
+        raise ValueError(f"{len(mask_list)} masks but {len(map_list)} maps")
+    labels = np.concatenate([m.reshape(-1) for m in mask_list]) if mask_list else np.zeros(0)
+    scores = np.concatenate([s.reshape(-1) for s in map_list]) if map_list else np.zeros(0)
+    labels, scores = _flat_labels_scores(labels, scores)
+    if _one_class(labels, "pixel AUROC"):
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+def pixel_aupro(masks, maps, max_fpr: float = 0.3, num_thresholds: int = 200) -> float:
+    """Normalised area under the per-region-overlap (PRO) curve up to ``max_fpr``.
+
+    For each threshold, PRO is the mean over all truth regions (connected components of each sample's
+    mask, full connectivity: 8 in 2D, 26 in 3D) of the fraction of the region's pixels at or above the
+    threshold; the false-positive rate is the fraction of normal pixels at or above it. The curve
+    (starting at FPR 0, PRO 0, i.e. a threshold above every score) is integrated with the trapezoidal
+    rule from FPR 0 to ``max_fpr`` (linearly interpolated there) and divided by ``max_fpr``, so a perfect
+    map gives 1.0 and a constant map ``max_fpr / 2``. Small and large regions weigh the same, unlike in
+    pixel AUROC.
+
+    Args:
+        masks: truth masks (non-zero = anomalous), leading sample axis or a list of per-sample arrays.
+        maps: anomaly maps, same layout and sizes.
+        max_fpr: upper FPR limit of the integration, in (0, 1].
+        num_thresholds: thresholds evenly spaced between the lowest and highest score.
+
+    Returns:
+        AUPRO in [0, 1]; NaN with a warning if there is no anomalous region or no normal pixel.
+    """
+    if not 0.0 < max_fpr <= 1.0:
+        raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
+    mask_list, map_list = _samples(masks), _samples(maps)
+    if len(mask_list) != len(map_list):
+        raise ValueError(f"{len(mask_list)} masks but {len(map_list)} maps")
+
+    normal_scores, region_scores, region_ids = [], [], []
+    n_regions = 0
+    for mask, score_map in zip(mask_list, map_list):
+        mask = mask > 0
+        if mask.shape != score_map.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from map shape {score_map.shape}")
+        labeled, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+        normal_scores.append(score_map[~mask].astype(np.float64))
+        if n:
+            region_scores.append(score_map[mask].astype(np.float64))
+            region_ids.append(labeled[mask] - 1 + n_regions)
+            n_regions += n
+    normal = np.concatenate(normal_scores) if normal_scores else np.zeros(0)
+    if n_regions == 0 or normal.size == 0:
+        present = "normal" if n_regions == 0 else "abnormal"
+        warnings.warn(f"pixel AUPRO is undefined when only {present} pixels are present; returning NaN",
+                      stacklevel=2)
+        return float("nan")
+    defect = np.concatenate(region_scores)
+    regions = np.concatenate(region_ids)
+
+    low = min(normal.min(), defect.min())
+    high = max(normal.max(), defect.max())
+    thresholds = np.linspace(low, high, num_thresholds)  # ascending
+    # FPR(t): fraction of normal pixels with score >= t.
+    fpr = 1.0 - np.searchsorted(np.sort(normal), thresholds, side="left") / normal.size
+    # Per region, how many pixels reach each threshold: bin each pixel by the number of thresholds
+    # <= its score, count per (region, bin), then a reverse cumulative sum over bins.
+    bins = np.searchsorted(thresholds, defect, side="right")  # in 0..num_thresholds
+    counts = np.bincount(regions * (num_thresholds + 1) + bins, minlength=n_regions * (num_thresholds + 1))
+    counts = counts.reshape(n_regions, num_thresholds + 1)
+    at_least = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]  # at_least[:, b] = pixels in bins >= b
+    reached = at_least[:, 1:]  # pixel >= thresholds[j]  <=>  its bin > j
+    pro = (reached / counts.sum(axis=1, keepdims=True)).mean(axis=0)
+
+    # Highest threshold first = FPR ascending; both curves are monotone in the threshold.
+    fpr = np.concatenate([[0.0], fpr[::-1]])
+    pro = np.concatenate([[0.0], pro[::-1]])
+    inside = fpr <= max_fpr
+    last = int(np.flatnonzero(inside)[-1])
+    x, y = fpr[: last + 1], pro[: last + 1]
+    if x[-1] < max_fpr:  # close the area at max_fpr by linear interpolation to the next point
+        x1, y1 = fpr[last + 1], pro[last + 1]
+        y_end = y[-1] + (y1 - y[-1]) * (max_fpr - x[-1]) / (x1 - x[-1])
+        x, y = np.append(x, max_fpr), np.append(y, y_end)
+    return float(np.trapezoid(y, x) / max_fpr)
+
+
+def max_f1(labels, scores) -> float:
+    """The best F1 score over all thresholds of ``scores`` (image- or pixel-level, any shape).
+
+    Returns:
+        max F1 in [0, 1]; NaN with a warning if only one class is present.
+    """
+    labels, scores = _flat_labels_scores(labels, scores)
+    if _one_class(labels, "max F1"):
+        return float("nan")
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0)
+    return float(f1.max())
+
+
+# --- Ignite metrics ----------------------------------------------------------------------------------
+
+
+def _plain_tensor(tensor) -> torch.Tensor:
+    """A detached plain tensor (MetaTensor metadata dropped, it is not needed and slows torch ops)."""
+    tensor = torch.as_tensor(tensor).detach()
+    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
+
+
+def _anomaly_and_truth(output) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B x ... anomaly probabilities, B x ... boolean truth) from (pred, label).
+
+    ``pred`` is B x C x spatial: channel 1 of a 2-channel softmax (normal, anomalous), or the only
+    channel of a 1-channel map. ``label`` is B x 1 x spatial (or B x spatial) binary masks.
+    """
+    pred, label = output
+    pred, label = _plain_tensor(pred), _plain_tensor(label)
+    if pred.ndim < 3:
+        raise ValueError(f"pred must be B x C x spatial, got shape {tuple(pred.shape)}")
+    anomaly = pred[:, 1] if pred.shape[1] >= 2 else pred[:, 0]
+    if label.ndim == pred.ndim:
+        label = label[:, 0]
+    if label.shape != anomaly.shape:
+        raise ValueError(f"label shape {tuple(label.shape)} does not match the map {tuple(anomaly.shape)}")
+    return anomaly.float(), label > 0
+
+
+def _gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate a 1D tensor across processes; lengths may differ (uneven last batches)."""
+    if idist.get_world_size() == 1:
+        return tensor
+    device = idist.device()  # NCCL gathers on the GPU, gloo on the CPU
+    tensor = tensor.to(device)
+    lengths = idist.all_gather(torch.tensor([tensor.shape[0]], device=device))
+    parts = idist.all_gather_tensors_with_shapes(tensor, [[int(n)] for n in lengths])
+    return torch.cat([p.cpu() for p in parts])
+
+
+class _AccumulatingMetric(Metric):
+    """Keeps (score, truth) pairs from every iteration on the CPU and computes once at epoch end."""
+
+    def __init__(self, output_transform: Callable = lambda x: x, device: str | torch.device = "cpu") -> None:
+        super().__init__(output_transform=output_transform, device=device)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._scores: list[torch.Tensor] = []
+        self._truths: list[torch.Tensor] = []
+
+    def _append(self, scores: torch.Tensor, truths: torch.Tensor) -> None:
+        self._scores.append(scores.reshape(-1).cpu())
+        self._truths.append(truths.reshape(-1).to(torch.uint8).cpu())
+
+    def compute(self) -> float:
+        if not self._scores:
+            raise NotComputableError(f"{type(self).__name__} needs at least one sample before it can be computed")
+        scores = _gather(torch.cat(self._scores))
+        truths = _gather(torch.cat(self._truths))
+        return self._score(truths.numpy(), scores.numpy())
+
+    def _score(self, truths: np.ndarray, scores: np.ndarray) -> float:
+        raise NotImplementedError
+
+
+class ImageAUROC(_AccumulatingMetric):
+    """Image-level AUROC as an Ignite metric: score = max of the anomaly map, truth = mask has any anomaly.
+
+    Args:
+        output_transform: maps ``engine.state.output`` to ``(pred, label)``; in MONAI
+            ``monai.handlers.from_engine(["pred", "label"])``. ``pred``: B x 2 x spatial softmax maps
+            (channel 1 = anomalous) or lists of per-sample C x spatial tensors; ``label``: B x 1 x spatial
+            binary masks.
+        device: where Ignite keeps the metric's state; the samples themselves are kept on the CPU.
+
+    ``compute()`` returns :func:`image_auroc` over every sample seen since the last reset, gathered from
+    all processes; NaN if all images are of one class.
+    """
+
+    @reinit__is_reduced
+    def update(self, output: Sequence[torch.Tensor]) -> None:
+        anomaly, truth = _anomaly_and_truth(output)
+        self._append(anomaly.flatten(1).amax(dim=1), truth.flatten(1).any(dim=1))
+
+    def _score(self, truths: np.ndarray, scores: np.ndarray) -> float:
+        return image_auroc(truths, scores)
+
+
+class PixelAUROC(_AccumulatingMetric):
+    """Pixel-level AUROC as an Ignite metric, pooled over all pixels of all images.
+
+    Same arguments as :class:`ImageAUROC`. Every pixel's score is kept until ``compute()`` (4 bytes + 1
+    byte per pixel on the CPU), which is exact and fine for 2D slices and evaluation-sized volume sets.
+    """
+
+    @reinit__is_reduced
+    def update(self, output: Sequence[torch.Tensor]) -> None:
+        anomaly, truth = _anomaly_and_truth(output)
+        self._append(anomaly, truth)
+
+    def _score(self, truths: np.ndarray, scores: np.ndarray) -> float:
+        return pixel_auroc([truths], [scores])  # one pooled "sample" of every pixel
+
+
+# --- figures -----------------------------------------------------------------------------------------
+
+
+def _new_figure(width: float, height: float):
+    # A bare Figure with the Agg canvas: no pyplot global state, no display needed, thread-safe enough
+    # for handlers running inside training.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save_png(figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return path
+
+
+def plot_roc(path: str | os.PathLike, labels, scores, title: str = "ROC") -> Path:
+    """Save the ROC curve of ``scores`` against binary ``labels`` as a PNG, with the AUROC in the legend.
+
+    With a single class present the curve is undefined; the figure then says so instead of failing.
+    """
+    labels, scores = _flat_labels_scores(labels, scores)
+    figure = _new_figure(5, 5)
+    axes = figure.add_subplot(1, 1, 1)
+    axes.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
+    if labels.any() and not labels.all():
+        fpr, tpr, _ = roc_curve(labels, scores)
+        axes.plot(fpr, tpr, color="C0", linewidth=2, label=f"AUROC {roc_auc_score(labels, scores):.3f}")
+    else:
+        axes.text(0.5, 0.5, "undefined: one class only", ha="center", va="center")
+    axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate", title=title)
+    axes.set_aspect("equal")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    return _save_png(figure, path)
+
+
+def overlay_montage(path: str | os.PathLike, cases: Sequence[Mapping]) -> Path:
+    """Save a montage PNG, one row per case: image | image + truth outline | image + anomaly map.
+
+    Args:
+        path: destination PNG.
+        cases: dicts with ``name``, ``image`` (H x W in [0, 1]), ``anomaly_map`` (H x W in [0, 1]),
+            ``label`` (H x W binary truth, or None when unknown) and ``score`` (image anomaly score,
+            shown in the third panel's title).
+    """
+    if not cases:
+        raise ValueError("overlay_montage needs at least one case")
+    figure = _new_figure(9, 3 * len(cases))
+    for row, case in enumerate(cases):
+        image = np.squeeze(_to_numpy(case["image"]))
+        anomaly_map = np.squeeze(_to_numpy(case["anomaly_map"]))
+        label = case.get("label")
+        panels = [figure.add_subplot(len(cases), 3, 3 * row + col + 1) for col in range(3)]
+        for axes in panels:
+            axes.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            axes.set_axis_off()
+        panels[0].set_title(str(case["name"]), fontsize=9)
+        if label is not None:
+            label = np.squeeze(_to_numpy(label)) > 0
+            if label.any():
+                panels[1].contour(label.astype(float), levels=[0.5], colors="lime", linewidths=1)
+            panels[1].set_title("truth", fontsize=9)
+        else:
+            panels[1].set_title("truth: not given", fontsize=9)
+        panels[2].imshow(anomaly_map, cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+        panels[2].set_title(f"anomaly map, score {float(case['score']):.3f}", fontsize=9)
+    figure.tight_layout()
+    return _save_png(figure, path)

@@ -1,0 +1,124 @@
+"""Learnable state prompts of MediCLIP (CoOp-style, class-specific context), encoded by the frozen CLIP
+text tower into one normal and one abnormal text embedding.
+
+MediCLIP (MICCAI 2024, arXiv 2405.11315): each state phrase becomes "X X X X X X X X {phrase}." and the
+8 placeholder token embeddings are replaced by 8 learnable context vectors of its own. The prompts do
+not depend on the image, so their embeddings are computed once per set of weights (see
+:meth:`PromptLearner.text_features`).
+"""
+
+from __future__ import annotations
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMAL_PHRASES = (
+    "normal",
+    "healthy",
+    "negative",
+    "unremarkable",
+    "clear",
+    "asymptomatic",
+    "normal findings",
+    "no findings",
+    "in good health",
+    "no evidence of disease",
+)
+ABNORMAL_PHRASES = (
+    "abnormal",
+    "positive",
+    "symptomatic",
+    "disease",
+    "lesion",
+    "pathological",
+    "impaired",
+    "evidence of disease",
+    "abnormal finding",
+    "pathological condition",
+    "pathological abnormality",
+)
+N_CONTEXT = 8
+
+
+def _text_tower(clip: nn.Module) -> nn.Module:
+    """The module holding token_embedding, transformer, ln_final...: CLIP itself or its ``text`` tower."""
+    return clip.text if hasattr(clip, "text") and hasattr(clip.text, "token_embedding") else clip
+
+
+class PromptLearner(nn.Module):
+    """Per-phrase learnable context vectors and their encoding through a frozen CLIP text tower.
+
+    Args:
+        clip: the frozen open_clip model (its text tower is used, never trained).
+        tokenizer: open_clip tokenizer of that model.
+        causal_text_mask: False (default, as the reference code) runs the text transformer without its
+            causal attention mask, so the end-of-text token also sees the padding; True uses CLIP's mask.
+        n_context: learnable context tokens per phrase (8 in MediCLIP).
+    """
+
+    def __init__(self, clip: nn.Module, tokenizer, causal_text_mask: bool = False, n_context: int = N_CONTEXT):
+        super().__init__()
+        # Kept out of the module tree: the text tower belongs to the backbone and is not saved here.
+        self.__dict__["_text"] = _text_tower(clip)
+        self.causal_text_mask = causal_text_mask
+        self.n_normal = len(NORMAL_PHRASES)
+        phrases = NORMAL_PHRASES + ABNORMAL_PHRASES
+        placeholder = " ".join(["X"] * n_context)
+        tokens = tokenizer([f"{placeholder} {phrase}." for phrase in phrases])
+        self.register_buffer("tokens", tokens, persistent=False)
+        width = self._text.token_embedding.weight.shape[1]
+        self.context = nn.Parameter(torch.empty(len(phrases), n_context, width).normal_(std=0.02))
+        self._cache: tuple | None = None
+
+    def _encode(self) -> torch.Tensor:
+        text = self._text
+        embeddings = text.token_embedding(self.tokens).to(self.context.dtype)
+        # Position 0 is the start-of-text token; positions 1..n_context held the "X" placeholders.
+        n_ctx = self.context.shape[1]
+        x = torch.cat([embeddings[:, :1], self.context, embeddings[:, 1 + n_ctx :]], dim=1)
+        x = x + text.positional_embedding.to(x.dtype)
+        x = text.transformer(x, attn_mask=text.attn_mask if self.causal_text_mask else None)
+        x = text.ln_final(x)
+        # Pool at the end-of-text token: it has the largest id in CLIP's vocabulary.
+        x = x[torch.arange(x.shape[0], device=x.device), self.tokens.argmax(dim=-1)]
+        projection = text.text_projection
+        x = projection(x) if isinstance(projection, nn.Module) else x @ projection
+        normal = x[: self.n_normal].mean(dim=0)
+        abnormal = x[self.n_normal :].mean(dim=0)
+        return F.normalize(torch.stack([normal, abnormal], dim=1), dim=0)
+
+    def _text_parameters(self) -> list[nn.Parameter]:
+        text = self._text
+        modules = (text.token_embedding, text.transformer, text.ln_final)
+        params = [p for m in modules for p in m.parameters()] + [text.positional_embedding]
+        projection = text.text_projection
+        return params + (list(projection.parameters()) if isinstance(projection, nn.Module) else [projection])
+
+    def text_features(self) -> torch.Tensor:
+        """text_dim x 2 matrix of L2-normalised class embeddings (column 0 normal, column 1 abnormal).
+
+        Recomputed while gradients are needed; otherwise cached until the contexts or the text weights
+        change (an optimizer step or a load bumps a parameter's version counter).
+        """
+        if torch.is_grad_enabled() and self.context.requires_grad:
+            self._cache = None
+            return self._encode()
+        # Versions of the frozen text weights too: loading other CLIP weights in place must not reuse
+        # embeddings of the old ones.
+        key = (
+            self.context.data_ptr(),
+            self.context._version,
+            self.causal_text_mask,
+            tuple(p._version for p in self._text_parameters()),
+        )
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self._encode())
+        return self._cache[1]
+
+
+def build_tokenizer(clip_model: str):
+    """open_clip's tokenizer for the model (CLIP's BPE tokenizer ships inside open_clip: no download)."""
+    return open_clip.get_tokenizer(clip_model)

@@ -1,0 +1,180 @@
+"""Glue between the training bundle config (bundle/configs/train.json) and the package.
+
+The config holds the recipe; the few steps that are more than one expression live here as named
+functions: where the data comes from, the few-shot sample and its fixed validation set, per-epoch
+seeding, and finding the checkpoint to resume from.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.data.utils import set_rnd
+
+from .data.datalists import DataError, check_entries, load_datalist, sample_k_shot
+from .data.demo import ensure_demo_data
+from .data.loading import load_training_slices
+from .transforms import RandAnomalySynthesisd
+
+logger = logging.getLogger(__name__)
+
+DATALIST_NAME = "datalist.json"
+MAX_HELD_OUT_VALIDATION = 32
+
+
+def resolve_datalist(datalist: str | None, dataset_dir: str, demo_dir: str | None = None) -> str:
+    """The datalist JSON to train from.
+
+    Order: an explicit ``datalist``; else ``<dataset_dir>/datalist.json``; else, when ``dataset_dir`` is
+    the demo folder, the demo set (built on first use).
+    """
+    if datalist:
+        return str(datalist)
+    candidate = os.path.join(dataset_dir, DATALIST_NAME)
+    if os.path.isfile(candidate):
+        return candidate
+    if demo_dir is None or os.path.abspath(dataset_dir) == os.path.abspath(demo_dir):
+        return ensure_demo_data(dataset_dir)
+    raise DataError(
+        f"{dataset_dir}: no {DATALIST_NAME} here. Give --datalist FILE, or put a Decathlon-style "
+        f"{DATALIST_NAME} (a 'training' list of normal images) in the folder; "
+        "scripts/prepare_dataset.py writes one for the paper's datasets."
+    )
+
+
+@dataclass
+class FewShotData:
+    """The k normal shots as 2D slices, and a fixed validation set with synthetic anomalies.
+
+    ``train``: dicts {"image": 1 x S x S tensor in [0, 1], "name"}; ``support_images``: the same images,
+    what CutPaste copies from; ``validation``: dicts {"image", "label", "name"} (label 1 x S x S binary).
+    """
+
+    train: list[dict]
+    validation: list[dict]
+    support_images: list[torch.Tensor] = field(repr=False)
+
+
+def _held_out_validation_items(datalist_path: str, training_items: list[dict], shots: list[dict]) -> list[dict]:
+    """Normal images for validation: the datalist's own section, else training images left out of the shots."""
+    try:
+        return load_datalist(datalist_path, "validation")
+    except DataError:
+        pass
+    chosen = {item["image"] for item in shots}
+    rest = [item for item in training_items if item["image"] not in chosen]
+    return rest[:MAX_HELD_OUT_VALIDATION]
+
+
+def make_validation_set(
+    slices: list[dict], support_images: list[torch.Tensor], synthesis_tasks: dict | None, seed: int
+) -> list[dict]:
+    """Each held-out normal slice twice: once as it is (normal), once with a synthetic anomaly.
+
+    Pairing keeps the set balanced, so image AUROC is always defined, and it is drawn once from ``seed``,
+    so every validation round scores the same cases.
+    """
+    tasks = {name: p for name, p in (synthesis_tasks or {}).items() if name != "Identity"} or None
+    synthesis = RandAnomalySynthesisd(keys="image", label_key="label", tasks=tasks, support_images=support_images)
+    synthesis.set_random_state(seed)
+    validation = []
+    for item in slices:
+        image = item["image"]
+        validation.append({"image": image, "label": torch.zeros_like(image), "name": item["name"]})
+        anomalous = synthesis({"image": image.clone()})
+        validation.append({"image": anomalous["image"], "label": anomalous["label"], "name": f"{item['name']}_synthetic"})
+    return validation
+
+
+def prepare_few_shot_data(
+    datalist: str,
+    k_shot: int,
+    seed: int,
+    image_size: int,
+    synthesis_tasks: dict | None = None,
+) -> FewShotData:
+    """Read the datalist, draw the k shots, check every file, and load shots and validation slices.
+
+    Every bad entry (missing, unreadable, wrong dimensions) is reported in one DataError before any
+    training step runs. Validation uses held-out normal images, never the test section.
+    """
+    training_items = load_datalist(datalist, "training")
+    shots = sample_k_shot(training_items, k_shot, seed)
+    validation_items = _held_out_validation_items(datalist, training_items, shots)
+    check_entries(shots + validation_items)
+    train = load_training_slices(shots, image_size=image_size)
+    if not train:
+        raise DataError(f"{datalist}: the {len(shots)} training images hold no slice with foreground.")
+    support = [item["image"] for item in train]
+    if validation_items:
+        validation_slices = load_training_slices(validation_items, image_size=image_size)
+    else:
+        logger.warning("No held-out normal images: validating on the shots themselves (measures fit only).")
+        validation_slices = train
+    validation = make_validation_set(validation_slices, support, synthesis_tasks, seed + 1)
+    logger.info(
+        f"few-shot data: {len(shots)} shots -> {len(train)} training slices; "
+        f"{len(validation_items)} held-out images -> {len(validation)} validation cases"
+    )
+    return FewShotData(train=train, validation=validation, support_images=support)
+
+
+class EpochSeeder:
+    """Seeds shuffling and anomaly synthesis from (seed, epoch, rank) at the start of every epoch.
+
+    Every epoch then draws new anomalies, and a run resumed from a checkpoint draws exactly what an
+    uninterrupted run would have drawn. The data loader must be built with ``generator``; with worker
+    processes, MONAI's worker_init_fn seeds each worker's transforms from that generator.
+
+    Args:
+        seed: the config's seed.
+        generator: the torch.Generator given to the training DataLoader.
+        dataset: the training dataset (its transforms are re-seeded for in-process loading).
+        rank: the process rank in distributed training.
+    """
+
+    def __init__(self, seed: int, generator: torch.Generator, dataset, rank: int = 0) -> None:
+        self.seed = int(seed)
+        self.generator = generator
+        self.dataset = dataset
+        self.rank = int(rank)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch_seed = int(np.random.SeedSequence([self.seed, engine.state.epoch, self.rank]).generate_state(1)[0])
+        self.generator.manual_seed(epoch_seed)
+        set_rnd(self.dataset, epoch_seed)
+
+
+def latest_checkpoint(ckpt_dir: str, pattern: str = "resume_checkpoint_*.pt") -> str:
+    """The resume checkpoint of the latest epoch in ``ckpt_dir``; a clear error when there is none."""
+    files = glob.glob(os.path.join(ckpt_dir, pattern))
+
+    def epoch_of(path: str) -> int:
+        numbers = re.findall(r"(\d+)", os.path.basename(path))
+        return int(numbers[-1]) if numbers else -1
+
+    if not files:
+        raise FileNotFoundError(
+            f"{ckpt_dir}: no resume checkpoint ({pattern}) to resume from; run without --resume first."
+        )
+    return max(files, key=epoch_of)
+
+
+def attach_resume(trainer: Engine, ckpt_dir: str, checkpoint_objects: dict) -> str:
+    """Load the latest resume checkpoint of ``ckpt_dir`` into ``checkpoint_objects`` when training starts."""
+    from monai.handlers import CheckpointLoader
+
+    path = latest_checkpoint(ckpt_dir)
+    logger.info(f"resuming from {path}")
+    CheckpointLoader(load_path=path, load_dict=checkpoint_objects).attach(trainer)
+    return path

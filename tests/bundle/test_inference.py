@@ -1,0 +1,229 @@
+"""inference.json and evaluate.json run as users run them, on files written by the tests and read back."""
+
+import csv
+import glob
+import json
+import os
+
+import highdicom as hd
+import nibabel as nib
+import nrrd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from sklearn.metrics import roc_auc_score
+
+from .conftest import EVALUATE, INFERENCE, REPO, TRAIN, cli, run_workflow, small_training
+
+
+@pytest.fixture(scope="module")
+def trained(demo_dir, tmp_path_factory):
+    """A model.pt trained for one epoch on the demo data with the tiny backbone."""
+    root = tmp_path_factory.mktemp("trained")
+    run_workflow(TRAIN, **small_training(demo_dir, root, epochs=1))
+    return str(root / "models")
+
+
+def infer(ckpt_dir, input_path, output_dir, **overrides):
+    return run_workflow(
+        INFERENCE,
+        run_id="inference",
+        bundle_root=os.path.join(REPO, "bundle"),
+        ckpt_dir=ckpt_dir,
+        input=str(input_path),
+        output_dir=str(output_dir),
+        device="cpu",
+        **overrides,
+    )
+
+
+def oblique_affine():
+    rotation = np.array([[0.0, 0.0, -1.0], [0.96, 0.28, 0.0], [-0.28, 0.96, 0.0]])  # non-RAS, oblique
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([0.8, 1.1, 3.0])  # anisotropic
+    affine[:3, 3] = [12.0, -30.0, 7.5]
+    return affine
+
+
+def brain_like_volume(shape):
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    return (np.clip(1 - (grid**2).sum(0), 0, None) * 800 + 50 * grid[0]).astype(np.float32)
+
+
+def test_oblique_anisotropic_nifti_map_and_mask_keep_shape_and_affine(trained, tmp_path):
+    # the axial axis of this affine is array axis 1 (its column has the largest S component)
+    volume = brain_like_volume((20, 24, 10))
+    source = tmp_path / "oblique.nii.gz"
+    nib.save(nib.Nifti1Image(volume, oblique_affine()), str(source))
+    infer(trained, source, tmp_path / "out")
+    case = tmp_path / "out" / "oblique"
+    for suffix, dtype in (("_anomaly_map.nii.gz", np.float32), ("_anomaly_mask.nii.gz", np.uint8)):
+        written = nib.load(str(case / f"oblique{suffix}"))
+        assert written.shape == volume.shape
+        np.testing.assert_allclose(written.affine, oblique_affine(), atol=1e-5)
+        assert written.get_fdata(dtype=np.float32).dtype == np.float32 and written.get_data_dtype() == dtype
+        itk_written, itk_source = sitk.ReadImage(str(case / f"oblique{suffix}")), sitk.ReadImage(str(source))
+        assert itk_written.GetSize() == itk_source.GetSize()
+        for index in [(0, 0, 0), (19, 23, 9), (5, 17, 3)]:
+            np.testing.assert_allclose(
+                itk_written.TransformIndexToPhysicalPoint(index), itk_source.TransformIndexToPhysicalPoint(index), atol=1e-4
+            )
+    anomaly_map = nib.load(str(case / "oblique_anomaly_map.nii.gz")).get_fdata()
+    assert 0 <= anomaly_map.min() and anomaly_map.max() <= 1
+    rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
+    assert rows[0]["name"] == "oblique"
+    assert float(rows[0]["score"]) == pytest.approx(anomaly_map.max(), abs=1e-5)
+    max_slice = int(rows[0]["max_slice"])
+    assert anomaly_map[:, max_slice, :].max() == pytest.approx(anomaly_map.max(), abs=1e-5)
+    header, data = nrrd.read(str(case / "oblique_anomaly.seg.nrrd"))
+    assert header["Segment0_Name"] == "anomaly"
+    mask = nib.load(str(case / "oblique_anomaly_mask.nii.gz")).get_fdata()
+    np.testing.assert_array_equal(data, mask)
+    assert not glob.glob(str(tmp_path / "out" / "**" / "*.tmp*"), recursive=True)
+
+
+def write_dicom_series(folder, volume, spacing=(0.9, 0.7), thickness=2.5):
+    """An axial MR series in LPS with rows along +x (patient left) and columns along +y (posterior)."""
+    folder.mkdir()
+    series_uid, study_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    for k in range(volume.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"slice{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.Modality, ds.PatientName, ds.PatientID = "MR", "Test^Anomaly", "T001"
+        ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID, ds.SeriesNumber = "20260101", "120000", "A1", "1", 1
+        ds.Manufacturer, ds.ReferringPhysicianName, ds.PatientBirthDate, ds.PatientSex = "test", "", "", "O"
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [-40.0, -60.0, 20.0 + k * thickness]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = list(spacing)
+        ds.SliceThickness = thickness
+        ds.Rows, ds.Columns = volume.shape[1:]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.PixelData = volume[k].astype(np.int16).tobytes()
+        ds.save_as(str(folder / f"slice{k:03d}.dcm"), enforce_file_format=True)
+    return folder
+
+
+def test_dicom_series_outputs_sit_on_the_series_voxels_and_seg_references_it(trained, tmp_path):
+    volume = brain_like_volume((6, 28, 24))  # slices, rows, columns
+    series = write_dicom_series(tmp_path / "series", volume)
+    infer(trained, series, tmp_path / "out", threshold=0.0)  # threshold 0: every voxel in the SEG
+    case = tmp_path / "out" / "series"
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))
+    itk_series = reader.Execute()
+    itk_map = sitk.ReadImage(str(case / "series_anomaly_map.nii.gz"))
+    assert itk_map.GetNumberOfPixels() == itk_series.GetNumberOfPixels()
+    # every map voxel centre is a series voxel centre, and the corners match as sets
+    size = itk_map.GetSize()
+    corners = [(i, j, k) for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)]
+    map_points = {tuple(np.round(itk_map.TransformIndexToPhysicalPoint(c), 3)) for c in corners}
+    ssize = itk_series.GetSize()
+    scorners = [(i, j, k) for i in (0, ssize[0] - 1) for j in (0, ssize[1] - 1) for k in (0, ssize[2] - 1)]
+    series_points = {tuple(np.round(itk_series.TransformIndexToPhysicalPoint(c), 3)) for c in scorners}
+    assert map_points == series_points
+    # the map's grid is the series' grid: voxel values written through the same path land on the same
+    # physical points, so a bright marker in the series is found where the map's writer would put it
+    from mediclip_monai.data.loading import read_image
+    from mediclip_monai.io.writers import write_anomaly_map
+
+    image = read_image(str(series))
+    marker = np.asarray(image[0]) / np.asarray(image[0]).max()
+    write_anomaly_map(tmp_path / "marker.nii.gz", marker, np.asarray(image.affine))
+    itk_marker = sitk.ReadImage(str(tmp_path / "marker.nii.gz"))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        index = tuple(int(rng.integers(0, n)) for n in ssize)
+        point = itk_series.TransformIndexToPhysicalPoint(index)
+        marker_index = itk_marker.TransformPhysicalPointToIndex(point)
+        assert itk_marker[marker_index] == pytest.approx(itk_series[index] / volume.max(), abs=1e-4)
+    seg = hd.seg.segread(str(case / "series_anomaly_seg.dcm"))
+    referenced = {ref.ReferencedSOPInstanceUID for ref in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {pydicom.dcmread(str(f)).SOPInstanceUID for f in series.iterdir()}
+    assert seg.SegmentSequence[0].SegmentLabel == "anomaly"
+
+
+def test_png_gives_a_2d_map_of_its_size(trained, tmp_path):
+    picture = (brain_like_volume((37, 53, 1))[..., 0] / 850 * 255).clip(0, 255).astype(np.uint8)
+    Image.fromarray(picture).save(tmp_path / "xray.png")
+    infer(trained, tmp_path / "xray.png", tmp_path / "out")
+    written = nib.load(str(tmp_path / "out" / "xray" / "xray_anomaly_map.nii.gz"))
+    assert written.shape == (53, 37) or written.shape == picture.shape
+    from mediclip_monai.data.loading import read_image
+
+    assert written.shape == tuple(read_image(tmp_path / "xray.png").shape[1:])
+    assert not (tmp_path / "out" / "xray" / "xray_anomaly_seg.dcm").exists()
+
+
+@pytest.mark.slow
+def test_bad_cases_reported_good_cases_written_and_exit_nonzero(trained, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    nib.save(nib.Nifti1Image(brain_like_volume((16, 16, 6)), np.eye(4)), str(inputs / "good.nii.gz"))
+    (inputs / "corrupt.nii.gz").write_bytes(b"\x1f\x8b\x08\x00broken gzip")
+    (inputs / "notes.png").write_text("not a picture")
+    (inputs / "empty_folder").mkdir()
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 4, 3), np.float32), np.eye(4)), str(inputs / "four_d.nii.gz"))
+    result = cli(
+        ["-m", "monai.bundle", "run", "--config_file", INFERENCE, "--input", str(inputs), "--output_dir",
+         str(tmp_path / "out"), "--ckpt_dir", trained, "--device", "cpu"],
+        timeout=300,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    for bad in ("corrupt.nii.gz", "notes.png", "empty_folder", "four_d.nii.gz"):
+        assert bad in output
+    assert (tmp_path / "out" / "good" / "good_anomaly_map.nii.gz").exists()
+    assert [r["name"] for r in csv.DictReader(open(tmp_path / "out" / "scores.csv"))] == ["good"]
+    leftovers = [p for p in glob.glob(str(tmp_path / "out" / "**" / "*"), recursive=True) if ".tmp" in p]
+    assert leftovers == []
+    assert sorted(os.listdir(tmp_path / "out")) == ["cases.json", "good", "scores.csv"]
+
+
+@pytest.mark.slow
+def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, demo_dir, tmp_path):
+    result = cli(
+        ["-m", "monai.bundle", "run", "--config_file", f"['{TRAIN}','{EVALUATE}']", "--dataset_dir", demo_dir,
+         "--ckpt_dir", trained, "--output_dir", str(tmp_path), "--device", "cpu", "--clip_model", "mediclip-tiny",
+         "--clip_pretrained", "none"],
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    eval_dir = tmp_path / "eval"
+    for name in ("metrics.json", "cases.csv", "roc.png", "montage.png"):
+        assert (eval_dir / name).stat().st_size > 0
+    metrics = json.load(open(eval_dir / "metrics.json"))
+    cases = list(csv.DictReader(open(eval_dir / "cases.csv")))
+    labels = [int(c["abnormal"]) for c in cases]
+    scores = [float(c["score"]) for c in cases]
+    assert metrics["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-4)
+
+    # pixel AUROC recomputed from scratch with scikit-learn on maps made by the same inferer
+    import torch
+
+    from mediclip_monai.evaluation import _case_maps
+    from mediclip_monai.inference import load_trained_model
+    from mediclip_monai.inferers import SliceWiseInferer
+    from mediclip_monai.data.datalists import load_datalist
+
+    inferer = SliceWiseInferer(load_trained_model(os.path.join(trained, "model.pt")), batch_size=8)
+    maps, masks = [], []
+    for item in load_datalist(os.path.join(demo_dir, "datalist.json"), "test"):
+        case = _case_maps(inferer, item)
+        if case["masks"] is not None:
+            maps.append(case["maps"].ravel())
+            masks.append(case["masks"].ravel())
+    assert metrics["pixel_auroc"] == pytest.approx(roc_auc_score(np.concatenate(masks), np.concatenate(maps)), abs=1e-4)
+    assert 0 <= metrics["pixel_aupro"] <= 1
+

@@ -1,0 +1,127 @@
+"""The training bundle run as users run it: the documented command, seeding, resume, bad data, DDP."""
+
+import glob
+import json
+import os
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mediclip_monai.data.datalists import DataError
+
+from .conftest import META, MULTI_GPU, TRAIN, as_cli_overrides, cli, run_workflow, small_training
+
+
+def trained_state(ckpt_dir, pattern="resume_checkpoint_*.pt"):
+    path = sorted(glob.glob(os.path.join(ckpt_dir, pattern)))[-1]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if key != "_extra_state":
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.slow
+def test_documented_command_trains_and_writes_model_logs_and_metrics(demo_dir, tmp_path):
+    values = small_training(demo_dir, tmp_path)
+    result = cli(["-m", "monai.bundle", "run", "training", "--config_file", TRAIN, *as_cli_overrides(values)])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert model["_extra_state"]["clip_model"] == "mediclip-tiny"
+    assert {k.split(".")[0] for k in model if k != "_extra_state"} == {"adapters", "prompts"}
+    assert glob.glob(str(tmp_path / "runs" / "tensorboard" / "events.out.tfevents.*"))
+    # validation metrics are logged every round
+    assert output.count("val_pixel_auroc") >= 2 and "val_image_auroc" in output
+    assert "Epoch[2]" in output or "Epoch: 2/2" in output
+
+
+def test_verify_net_in_out_with_tiny_backbone():
+    result = cli(
+        ["-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", META, "--config_file", TRAIN,
+         "--clip_model", "mediclip-tiny", "--clip_pretrained", "none", "--device", "cpu"],
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "data shape of network is verified with no error" in (result.stdout + result.stderr)
+
+
+def test_seeded_runs_give_identical_weights_and_other_seeds_differ(demo_dir, tmp_path):
+    states = []
+    for run, seed in (("a", 0), ("b", 0), ("c", 1)):
+        run_workflow(TRAIN, **small_training(demo_dir, tmp_path / run, seed=seed))
+        states.append(trained_state(str(tmp_path / run / "models")))
+    assert_same_weights(states[0], states[1])
+    assert not torch.equal(states[0]["prompts.context"], states[2]["prompts.context"])
+
+
+def test_resumed_run_reaches_the_same_weights(demo_dir, tmp_path):
+    run_workflow(TRAIN, **small_training(demo_dir, tmp_path / "straight", epochs=4))
+    interrupted = small_training(demo_dir, tmp_path / "resumed", epochs=2)
+    run_workflow(TRAIN, **interrupted)
+    run_workflow(TRAIN, **{**interrupted, "epochs": 4, "resume": True})
+    assert os.path.exists(tmp_path / "resumed" / "models" / "resume_checkpoint_epoch=4.pt")
+    assert_same_weights(
+        trained_state(str(tmp_path / "straight" / "models")), trained_state(str(tmp_path / "resumed" / "models"))
+    )
+
+
+def write_bad_datalist(tmp_path, demo_dir):
+    good = json.load(open(os.path.join(demo_dir, "datalist.json")))["training"][0]["image"]
+    shutil.copy(os.path.join(demo_dir, good), tmp_path / "good.nii.gz")
+    (tmp_path / "notes.nii.gz").write_text("this is not an image")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 3), np.float32), np.eye(4)), str(tmp_path / "four_d.nii.gz"))
+    datalist = {
+        "training": [
+            {"image": "good.nii.gz"},
+            {"image": "missing.nii.gz"},
+            {"image": "notes.nii.gz"},
+            {"image": "four_d.nii.gz"},
+        ]
+    }
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps(datalist))
+    return str(path)
+
+
+def test_bad_data_refused_before_training_with_every_bad_entry_listed(demo_dir, tmp_path):
+    datalist = write_bad_datalist(tmp_path, demo_dir)
+    ckpt_dir = tmp_path / "models"
+    ckpt_dir.mkdir()
+    (ckpt_dir / "model.pt").write_bytes(b"previous model")
+    with pytest.raises(DataError) as error:
+        run_workflow(TRAIN, **small_training(demo_dir, tmp_path, datalist=datalist, k_shot=0))
+    message = str(error.value)
+    assert "missing.nii.gz" in message and "notes.nii.gz" in message and "four_d.nii.gz" in message
+    assert "good.nii.gz" not in message
+    assert (ckpt_dir / "model.pt").read_bytes() == b"previous model"
+    assert os.listdir(ckpt_dir) == ["model.pt"]
+
+
+def test_k_shot_larger_than_data_and_empty_training_are_refused(demo_dir, tmp_path):
+    with pytest.raises(DataError, match="k_shot|shots|only"):
+        run_workflow(TRAIN, **small_training(demo_dir, tmp_path, k_shot=10_000))
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"training": []}))
+    with pytest.raises(DataError, match="training"):
+        run_workflow(TRAIN, **small_training(demo_dir, tmp_path, datalist=str(empty)))
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_with_gloo(demo_dir, tmp_path):
+    values = small_training(demo_dir, tmp_path, k_shot=8)
+    result = cli(
+        ["torchrun", "--nproc_per_node", "2", "--master_port", "29533", "-m", "monai.bundle", "run", "training",
+         "--config_file", f"['{TRAIN}','{MULTI_GPU}']", *as_cli_overrides(values)],
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert "prompts.context" in model
+    assert os.path.exists(tmp_path / "models" / "resume_checkpoint_epoch=2.pt")
