@@ -46,14 +46,19 @@ def main() -> None:
         end_to_end = time.perf_counter() - start
 
         slices = torch.rand(n_slices, *template.shape[:2])
-        batches = [to_clip_input(slices[i : i + args.batch_size], network.image_size) for i in range(0, n_slices, args.batch_size)]
+        batches = [
+            to_clip_input(slices[i : i + args.batch_size], network.image_size)
+            for i in range(0, n_slices, args.batch_size)
+        ]
         start = time.perf_counter()
         with torch.no_grad():
             for batch in batches:
                 network.backbone.clip.visual(batch)
         bare = time.perf_counter() - start
 
-    print(f"backbone {args.clip_model}, {n_slices} slices, batch {args.batch_size}, {args.threads} threads, CPU")
+    print(
+        f"backbone {args.clip_model}, {n_slices} slices, batch {args.batch_size}, {args.threads} threads, CPU"
+    )
     print(f"end-to-end inference   : {end_to_end:7.2f} s ({end_to_end / n_slices * 1000:.0f} ms/slice)")
     print(f"bare image-tower forward: {bare:7.2f} s ({bare / n_slices * 1000:.0f} ms/slice)")
     print(f"ratio end-to-end / bare : {end_to_end / bare:7.2f} (target <= 1.25)")

@@ -72,3 +72,10 @@ def cli(args, timeout=600, env=None, **kwargs):
 
 def as_cli_overrides(values):
     return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The original exception under MONAI's "Failed to evaluate/instantiate" wrappers."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error

@@ -12,7 +12,7 @@ import torch
 
 from mediclip_monai.data.datalists import DataError
 
-from .conftest import META, MULTI_GPU, TRAIN, as_cli_overrides, cli, run_workflow, small_training
+from .conftest import META, MULTI_GPU, TRAIN, as_cli_overrides, cli, root_cause, run_workflow, small_training
 
 
 def trained_state(ckpt_dir, pattern="resume_checkpoint_*.pt"):
@@ -95,9 +95,11 @@ def test_bad_data_refused_before_training_with_every_bad_entry_listed(demo_dir, 
     ckpt_dir = tmp_path / "models"
     ckpt_dir.mkdir()
     (ckpt_dir / "model.pt").write_bytes(b"previous model")
-    with pytest.raises(DataError) as error:
+    with pytest.raises(RuntimeError) as error:
         run_workflow(TRAIN, **small_training(demo_dir, tmp_path, datalist=datalist, k_shot=0))
-    message = str(error.value)
+    cause = root_cause(error.value)
+    assert isinstance(cause, DataError)
+    message = str(cause)
     assert "missing.nii.gz" in message and "notes.nii.gz" in message and "four_d.nii.gz" in message
     assert "good.nii.gz" not in message
     assert (ckpt_dir / "model.pt").read_bytes() == b"previous model"
@@ -105,12 +107,17 @@ def test_bad_data_refused_before_training_with_every_bad_entry_listed(demo_dir, 
 
 
 def test_k_shot_larger_than_data_and_empty_training_are_refused(demo_dir, tmp_path):
-    with pytest.raises(DataError, match="k_shot|shots|only"):
+    with pytest.raises(RuntimeError) as error:
         run_workflow(TRAIN, **small_training(demo_dir, tmp_path, k_shot=10_000))
+    assert isinstance(root_cause(error.value), DataError)
+    assert "10000" in str(root_cause(error.value))
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"training": []}))
-    with pytest.raises(DataError, match="training"):
+    with pytest.raises(RuntimeError) as error:
         run_workflow(TRAIN, **small_training(demo_dir, tmp_path, datalist=str(empty)))
+    assert isinstance(root_cause(error.value), DataError)
+    assert "training" in str(root_cause(error.value))
+    assert not (tmp_path / "models").exists()
 
 
 @pytest.mark.slow
@@ -125,3 +132,21 @@ def test_torchrun_two_cpu_processes_with_gloo(demo_dir, tmp_path):
     model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert "prompts.context" in model
     assert os.path.exists(tmp_path / "models" / "resume_checkpoint_epoch=2.pt")
+
+
+@pytest.mark.slow
+def test_fine_tuning_improves_validation_pixel_auroc_over_the_untrained_model(demo_dir, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    from .conftest import LOGGING
+
+    overrides = small_training(demo_dir, tmp_path, k_shot=8, batch_size=8, epochs=40, val_interval=40)
+    workflow = ConfigWorkflow(config_file=TRAIN, meta_file=META, logging_file=LOGGING, run_id="training", **overrides)
+    workflow.initialize()
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    evaluator.run()
+    untrained = evaluator.state.metrics["val_pixel_auroc"]
+    workflow.run()
+    trained = evaluator.state.metrics["val_pixel_auroc"]
+    workflow.finalize()
+    assert trained > untrained + 0.05, (untrained, trained)
