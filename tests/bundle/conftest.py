@@ -1,6 +1,7 @@
 """Fixtures for running the real bundle configs, made small (tiny backbone, few shots, few epochs)."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -57,17 +58,24 @@ def run_workflow(config_file, run_id="training", **overrides):
     return workflow
 
 
-def cli(args, timeout=600, env=None, **kwargs):
-    """Run a command as a user would, from the repository root."""
-    return subprocess.run(
+def cli(args, timeout=600, env=None):
+    """Run a command as a user would, from the repository root; its whole process group is killed on timeout."""
+    process = subprocess.Popen(
         [sys.executable, *args] if args[0] == "-m" else args,
         cwd=REPO,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         env={**os.environ, **(env or {})},
-        **kwargs,
+        start_new_session=True,  # torchrun's workers share the group, so none outlives a timeout
     )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"timed out after {timeout} s: {args}\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def as_cli_overrides(values):
