@@ -56,9 +56,7 @@ def main() -> None:
                 network.backbone.clip.visual(batch)
         bare = time.perf_counter() - start
 
-    print(
-        f"backbone {args.clip_model}, {n_slices} slices, batch {args.batch_size}, {args.threads} threads, CPU"
-    )
+    print(f"backbone {args.clip_model}, {n_slices} slices, batch {args.batch_size}, {args.threads} threads, CPU")
     print(f"end-to-end inference   : {end_to_end:7.2f} s ({end_to_end / n_slices * 1000:.0f} ms/slice)")
     print(f"bare image-tower forward: {bare:7.2f} s ({bare / n_slices * 1000:.0f} ms/slice)")
     print(f"ratio end-to-end / bare : {end_to_end / bare:7.2f} (target <= 1.25)")

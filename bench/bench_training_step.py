@@ -20,11 +20,11 @@ from monai.data import DataLoader, Dataset
 from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd, RepeatChanneld
 from monai.utils import set_determinism
 
+from mediclip_monai.inferers import CLIP_MEAN, CLIP_STD
 from mediclip_monai.losses import MediCLIPLoss
 from mediclip_monai.networks import MediCLIP
 from mediclip_monai.training import prepare_few_shot_data, resolve_datalist
 from mediclip_monai.transforms import RandAnomalySynthesisd
-from mediclip_monai.inferers import CLIP_MEAN, CLIP_STD
 
 
 def bench(clip_model: str, data, steps: int, num_workers: int, batch_size: int) -> dict:
@@ -41,8 +41,12 @@ def bench(clip_model: str, data, steps: int, num_workers: int, batch_size: int) 
         ]
     )
     loader = DataLoader(
-        Dataset(data.train, transform), batch_size=batch_size, shuffle=True, num_workers=num_workers,
-        persistent_workers=num_workers > 0, drop_last=True,
+        Dataset(data.train, transform),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        drop_last=True,
     )
     waits, computes = [], []
     done = 0
@@ -85,8 +89,8 @@ def main() -> None:
     for clip_model in args.clip_model:
         r = bench(clip_model, data, args.steps, args.num_workers, args.batch_size)
         print(
-            f"{clip_model:14s} {r['step']:6.3f} s/step; waiting for data {r['outside']*1000:6.1f} ms "
-            f"= {r['share']*100:4.1f}% of the step (target < 15%)"
+            f"{clip_model:14s} {r['step']:6.3f} s/step; waiting for data {r['outside'] * 1000:6.1f} ms "
+            f"= {r['share'] * 100:4.1f}% of the step (target < 15%)"
         )
 
 

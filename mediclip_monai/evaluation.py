@@ -45,7 +45,9 @@ def _case_maps(inferer: SliceWiseInferer, item: dict) -> dict:
     if item.get("label"):
         label_slices = _slices(read_image(item["label"]))
         if label_slices.shape != slices.shape:
-            raise DataError(f"{item['label']}: mask shape {tuple(label_slices.shape)} differs from image {tuple(slices.shape)}")
+            raise DataError(
+                f"{item['label']}: mask shape {tuple(label_slices.shape)} differs from image {tuple(slices.shape)}"
+            )
         masks = F.interpolate(label_slices[:, None], size=size, mode="nearest")[:, 0].numpy() > 0.5
     abnormal = item.get("abnormal")
     if abnormal is None:
@@ -68,10 +70,17 @@ def evaluate(datalist: str, output_dir: str, inferer: SliceWiseInferer, section:
     for item in tqdm(items, desc="evaluation", unit="case"):
         result = _case_maps(inferer, item)
         flat_max = int(result["maps"].reshape(len(result["maps"]), -1).max(axis=1).argmax())
-        cases.append({"name": os.path.basename(item["image"]), "score": float(result["maps"].max()), "slice": flat_max, **result})
+        cases.append(
+            {"name": os.path.basename(item["image"]), "score": float(result["maps"].max()), "slice": flat_max, **result}
+        )
     labels = np.array([c["abnormal"] for c in cases])
     scores = np.array([c["score"] for c in cases])
-    metrics = {"n_cases": len(cases), "n_abnormal": int(labels.sum()), "image_auroc": image_auroc(labels, scores), "image_max_f1": max_f1(labels, scores)}
+    metrics = {
+        "n_cases": len(cases),
+        "n_abnormal": int(labels.sum()),
+        "image_auroc": image_auroc(labels, scores),
+        "image_max_f1": max_f1(labels, scores),
+    }
     with_masks = [c for c in cases if c["masks"] is not None]
     if any(c["abnormal"] and c["masks"] is not None for c in cases):
         masks = np.concatenate([c["masks"] for c in with_masks])

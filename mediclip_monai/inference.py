@@ -88,9 +88,11 @@ class Case:
 
 
 def _is_dicom_series_folder(path: str) -> bool:
-    return os.path.isdir(path) and any(
-        is_image_path(os.path.join(path, f)) and not f.lower().endswith(".json") for f in os.listdir(path)
-    ) and all(not os.path.isdir(os.path.join(path, f)) for f in os.listdir(path))
+    return (
+        os.path.isdir(path)
+        and any(is_image_path(os.path.join(path, f)) and not f.lower().endswith(".json") for f in os.listdir(path))
+        and all(not os.path.isdir(os.path.join(path, f)) for f in os.listdir(path))
+    )
 
 
 def find_cases(input_path: str) -> list[Case]:

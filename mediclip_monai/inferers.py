@@ -1,9 +1,10 @@
 """Slice-wise inference of 2D images and 3D volumes with the 2D MediCLIP network.
 
 A volume is cut into slices across its axial axis (the array axis closest to the body's
-superior-inferior direction) and shown in the radiological view used in training; each slice is resized to the network's input size, slices are batched
-through the network, and the anomaly channel is resized back and re-assembled on the input's own voxel
-grid: the map has exactly the input's shape, so it shares the input's affine.
+superior-inferior direction) and each slice is shown in the radiological view used in training. Slices
+are resized to the network's input size and batched through the network; the anomaly channel is resized
+back and re-assembled on the input's own voxel grid: the map has exactly the input's shape, so it shares
+the input's affine.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class SliceWiseInferer:
         amp: autocast on CUDA.
     """
 
-    def __init__(self, network: torch.nn.Module, batch_size: int = 8, device: str | torch.device = "cpu", amp: bool = False):
+    def __init__(
+        self, network: torch.nn.Module, batch_size: int = 8, device: str | torch.device = "cpu", amp: bool = False
+    ):
         self.network = network
         self.batch_size = int(batch_size)
         self.device = torch.device(device)

@@ -56,7 +56,8 @@ def write_folder_datalist(folder: str, output_dir: str) -> str:
     images = [
         os.path.abspath(os.path.join(folder, name))
         for name in entries
-        if not name.startswith(".") and (os.path.isdir(os.path.join(folder, name)) or is_image_path(os.path.join(folder, name)))
+        if not name.startswith(".")
+        and (os.path.isdir(os.path.join(folder, name)) or is_image_path(os.path.join(folder, name)))
     ]
     if not images:
         raise DataError(
@@ -111,7 +112,9 @@ def make_validation_set(
         image = item["image"]
         validation.append({"image": image, "label": torch.zeros_like(image), "name": item["name"]})
         anomalous = synthesis({"image": image.clone()})
-        validation.append({"image": anomalous["image"], "label": anomalous["label"], "name": f"{item['name']}_synthetic"})
+        validation.append(
+            {"image": anomalous["image"], "label": anomalous["label"], "name": f"{item['name']}_synthetic"}
+        )
     return validation
 
 

@@ -42,7 +42,11 @@ class TrainableParts(nn.Module):
         saved = {k: v for k, v in state.items() if k != "format"}
         # The weights file path may differ between machines; the architecture and taps may not.
         keys = ("clip_model", "feature_layers", "causal_text_mask")
-        mismatch = {k: (saved.get(k), self.backbone_identity.get(k)) for k in keys if saved.get(k) != self.backbone_identity.get(k)}
+        mismatch = {
+            k: (saved.get(k), self.backbone_identity.get(k))
+            for k in keys
+            if saved.get(k) != self.backbone_identity.get(k)
+        }
         if mismatch:
             details = ", ".join(f"{k}: checkpoint {a!r} vs network {b!r}" for k, (a, b) in mismatch.items())
             raise ValueError(f"Checkpoint was trained on another backbone ({details}).")

@@ -49,9 +49,7 @@ def run_workflow(config_file, run_id="training", **overrides):
     """Run a bundle config in-process through MONAI's ConfigWorkflow: initialize, run, finalize."""
     from monai.bundle import ConfigWorkflow
 
-    workflow = ConfigWorkflow(
-        config_file=config_file, meta_file=META, logging_file=LOGGING, run_id=run_id, **overrides
-    )
+    workflow = ConfigWorkflow(config_file=config_file, meta_file=META, logging_file=LOGGING, run_id=run_id, **overrides)
     workflow.initialize()
     workflow.run()
     workflow.finalize()

@@ -70,7 +70,9 @@ def test_oblique_anisotropic_nifti_map_and_mask_keep_shape_and_affine(trained, t
         assert itk_written.GetSize() == itk_source.GetSize()
         for index in [(0, 0, 0), (19, 23, 9), (5, 17, 3)]:
             np.testing.assert_allclose(
-                itk_written.TransformIndexToPhysicalPoint(index), itk_source.TransformIndexToPhysicalPoint(index), atol=1e-4
+                itk_written.TransformIndexToPhysicalPoint(index),
+                itk_source.TransformIndexToPhysicalPoint(index),
+                atol=1e-4,
             )
     anomaly_map = nib.load(str(case / "oblique_anomaly_map.nii.gz")).get_fdata()
     assert 0 <= anomaly_map.min() and anomaly_map.max() <= 1
@@ -178,8 +180,21 @@ def test_bad_cases_reported_good_cases_written_and_exit_nonzero(trained, tmp_pat
     (inputs / "empty_folder").mkdir()
     nib.save(nib.Nifti1Image(np.ones((8, 8, 4, 3), np.float32), np.eye(4)), str(inputs / "four_d.nii.gz"))
     result = cli(
-        ["-m", "monai.bundle", "run", "--config_file", INFERENCE, "--input", str(inputs), "--output_dir",
-         str(tmp_path / "out"), "--ckpt_dir", trained, "--device", "cpu"],
+        [
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            INFERENCE,
+            "--input",
+            str(inputs),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--ckpt_dir",
+            trained,
+            "--device",
+            "cpu",
+        ],
         timeout=300,
     )
     assert result.returncode != 0
@@ -196,9 +211,25 @@ def test_bad_cases_reported_good_cases_written_and_exit_nonzero(trained, tmp_pat
 @pytest.mark.slow
 def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, demo_dir, tmp_path):
     result = cli(
-        ["-m", "monai.bundle", "run", "--config_file", f"['{TRAIN}','{EVALUATE}']", "--dataset_dir", demo_dir,
-         "--ckpt_dir", trained, "--output_dir", str(tmp_path), "--device", "cpu", "--clip_model", "mediclip-tiny",
-         "--clip_pretrained", "none"],
+        [
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            f"['{TRAIN}','{EVALUATE}']",
+            "--dataset_dir",
+            demo_dir,
+            "--ckpt_dir",
+            trained,
+            "--output_dir",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--clip_model",
+            "mediclip-tiny",
+            "--clip_pretrained",
+            "none",
+        ],
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -212,12 +243,11 @@ def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, d
     assert metrics["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-4)
 
     # pixel AUROC recomputed from scratch with scikit-learn on maps made by the same inferer
-    import torch
 
+    from mediclip_monai.data.datalists import load_datalist
     from mediclip_monai.evaluation import _case_maps
     from mediclip_monai.inference import load_trained_model
     from mediclip_monai.inferers import SliceWiseInferer
-    from mediclip_monai.data.datalists import load_datalist
 
     inferer = SliceWiseInferer(load_trained_model(os.path.join(trained, "model.pt")), batch_size=8)
     maps, masks = [], []
@@ -228,4 +258,3 @@ def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, d
             masks.append(case["masks"].ravel())
     assert metrics["pixel_auroc"] == pytest.approx(roc_auc_score(np.concatenate(masks), np.concatenate(maps)), abs=1e-4)
     assert 0 <= metrics["pixel_aupro"] <= 1
-

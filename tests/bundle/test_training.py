@@ -44,8 +44,22 @@ def test_documented_command_trains_and_writes_model_logs_and_metrics(demo_dir, t
 
 def test_verify_net_in_out_with_tiny_backbone():
     result = cli(
-        ["-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", META, "--config_file", TRAIN,
-         "--clip_model", "mediclip-tiny", "--clip_pretrained", "none", "--device", "cpu"],
+        [
+            "-m",
+            "monai.bundle",
+            "verify_net_in_out",
+            "network_def",
+            "--meta_file",
+            META,
+            "--config_file",
+            TRAIN,
+            "--clip_model",
+            "mediclip-tiny",
+            "--clip_pretrained",
+            "none",
+            "--device",
+            "cpu",
+        ],
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -124,8 +138,20 @@ def test_k_shot_larger_than_data_and_empty_training_are_refused(demo_dir, tmp_pa
 def test_torchrun_two_cpu_processes_with_gloo(demo_dir, tmp_path):
     values = small_training(demo_dir, tmp_path, k_shot=8)
     result = cli(
-        ["torchrun", "--nproc_per_node", "2", "--master_port", "29533", "-m", "monai.bundle", "run", "training",
-         "--config_file", f"['{TRAIN}','{MULTI_GPU}']", *as_cli_overrides(values)],
+        [
+            "torchrun",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            f"['{TRAIN}','{MULTI_GPU}']",
+            *as_cli_overrides(values),
+        ],
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
