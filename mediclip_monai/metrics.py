@@ -362,6 +362,11 @@ def overlay_montage(path: str | os.PathLike, cases: Sequence[Mapping]) -> Path:
     """
     if not cases:
         raise ValueError("overlay_montage needs at least one case")
+    # One colour scale for all rows, stretched to the shown maps: an undertrained model's maps sit near
+    # 0.5 everywhere, and a fixed 0..1 scale would paint them one flat colour.
+    maps = [np.squeeze(_to_numpy(case["anomaly_map"])) for case in cases]
+    vmin, vmax = float(min(m.min() for m in maps)), float(max(m.max() for m in maps))
+    vmax = max(vmax, vmin + 1e-6)
     figure = _new_figure(9, 3 * len(cases))
     for row, case in enumerate(cases):
         image = np.squeeze(_to_numpy(case["image"]))
@@ -379,7 +384,7 @@ def overlay_montage(path: str | os.PathLike, cases: Sequence[Mapping]) -> Path:
             panels[1].set_title("truth", fontsize=9)
         else:
             panels[1].set_title("truth: not given", fontsize=9)
-        panels[2].imshow(anomaly_map, cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
-        panels[2].set_title(f"anomaly map, score {float(case['score']):.3f}", fontsize=9)
+        panels[2].imshow(anomaly_map, cmap="jet", alpha=0.45, vmin=vmin, vmax=vmax, interpolation="bilinear")
+        panels[2].set_title(f"map ({vmin:.2f}-{vmax:.2f}), score {float(case['score']):.3f}", fontsize=9)
     figure.tight_layout()
     return _save_png(figure, path)
