@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .data.datalists import DataError, load_datalist
-from .data.loading import case_name, is_image_path, read_image
+from .data.loading import ITK_SUFFIXES, NIFTI_SUFFIXES, PICTURE_SUFFIXES, case_name, is_image_path, read_image
 from .inferers import SliceWiseInferer
 from .io import atomic
 from .io.writers import (
@@ -88,11 +88,14 @@ class Case:
 
 
 def _is_dicom_series_folder(path: str) -> bool:
-    return (
-        os.path.isdir(path)
-        and any(is_image_path(os.path.join(path, f)) and not f.lower().endswith(".json") for f in os.listdir(path))
-        and all(not os.path.isdir(os.path.join(path, f)) for f in os.listdir(path))
-    )
+    """A folder of DICOM files only (no sub-folders, no NIfTI or pictures): one series, one case."""
+    if not os.path.isdir(path):
+        return False
+    entries = [os.path.join(path, name) for name in os.listdir(path) if not name.startswith(".")]
+    other_images = NIFTI_SUFFIXES + PICTURE_SUFFIXES + ITK_SUFFIXES
+    if not entries or any(os.path.isdir(e) or e.lower().endswith(other_images) for e in entries):
+        return False
+    return any(is_image_path(e) for e in entries)
 
 
 def find_cases(input_path: str) -> list[Case]:

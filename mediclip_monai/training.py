@@ -23,7 +23,7 @@ from .data.datalists import DataError, check_entries, load_datalist, sample_k_sh
 from .data.demo import ensure_demo_data
 from .data.loading import is_image_path, load_training_slices
 from .io.atomic import atomic_write
-from .transforms import RandAnomalySynthesisd
+from .transforms import DEFAULT_SYNTHESIS_TASKS, RandAnomalySynthesisd
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,9 @@ def make_validation_set(
     Pairing keeps the set balanced, so image AUROC is always defined, and it is drawn once from ``seed``,
     so every validation round scores the same cases.
     """
-    tasks = {name: p for name, p in (synthesis_tasks or {}).items() if name != "Identity"} or None
+    tasks = {name: p for name, p in (synthesis_tasks or DEFAULT_SYNTHESIS_TASKS).items() if name != "Identity"}
+    if not tasks:  # an Identity-only recipe still needs anomalous validation cases
+        tasks = {name: p for name, p in DEFAULT_SYNTHESIS_TASKS.items() if name != "Identity"}
     synthesis = RandAnomalySynthesisd(keys="image", label_key="label", tasks=tasks, support_images=support_images)
     synthesis.set_random_state(seed)
     validation = []

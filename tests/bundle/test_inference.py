@@ -258,3 +258,20 @@ def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, d
             masks.append(case["masks"].ravel())
     assert metrics["pixel_auroc"] == pytest.approx(roc_auc_score(np.concatenate(masks), np.concatenate(maps)), abs=1e-4)
     assert 0 <= metrics["pixel_aupro"] <= 1
+
+
+def test_a_folder_of_nifti_files_is_one_case_per_file_and_a_series_folder_is_one_case(tmp_path):
+    from mediclip_monai.inference import find_cases
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        nib.save(nib.Nifti1Image(brain_like_volume((8, 8, 3)), np.eye(4)), str(folder / name))
+    assert [(c.name, os.path.basename(c.source)) for c in find_cases(str(folder))] == [
+        ("a", "a.nii.gz"),
+        ("b", "b.nii.gz"),
+    ]
+    series = write_dicom_series(tmp_path / "series", brain_like_volume((3, 8, 8)))
+    assert [c.name for c in find_cases(str(series))] == ["series"]
+    (folder / "series").symlink_to(series)
+    assert [c.name for c in find_cases(str(folder))] == ["a", "b", "series"]
