@@ -81,10 +81,10 @@ def predict_volume(model: MediCLIP, image: torch.Tensor, batch_size: int = 8) ->
 
 @dataclass
 class Case:
+    """One inference case: its output name and the image file or DICOM series folder it comes from."""
+
     name: str
     source: str
-    label: str | None = None
-    abnormal: int | None = None
 
 
 def _is_dicom_series_folder(path: str) -> bool:
@@ -104,12 +104,11 @@ def find_cases(input_path: str) -> list[Case]:
     if not os.path.exists(input_path):
         raise DataError(f"{input_path}: no such file or folder")
     if os.path.isfile(input_path) and input_path.lower().endswith(".json"):
-        sections = json.load(open(input_path))
-        section = "test" if "test" in sections else next(iter(sections))
-        return [
-            Case(case_name(item["image"]), item["image"], item.get("label"), item.get("abnormal"))
-            for item in load_datalist(input_path, section)
-        ]
+        try:
+            items = load_datalist(input_path, "test")
+        except DataError:  # a datalist without a test section: its training images
+            items = load_datalist(input_path, "training")
+        return [Case(case_name(item["image"]), item["image"]) for item in items]
     if os.path.isfile(input_path) or _is_dicom_series_folder(input_path):
         return [Case(case_name(input_path), input_path)]
     cases = []

@@ -275,3 +275,14 @@ def test_a_folder_of_nifti_files_is_one_case_per_file_and_a_series_folder_is_one
     assert [c.name for c in find_cases(str(series))] == ["series"]
     (folder / "series").symlink_to(series)
     assert [c.name for c in find_cases(str(folder))] == ["a", "b", "series"]
+
+
+def test_a_datalist_input_gives_its_test_cases(tmp_path):
+    from mediclip_monai.inference import find_cases
+
+    nib.save(nib.Nifti1Image(brain_like_volume((8, 8, 1))[..., 0], np.eye(4)), str(tmp_path / "t1.nii.gz"))
+    (tmp_path / "datalist.json").write_text(
+        json.dumps({"training": [{"image": "other.nii.gz"}], "test": [{"image": "t1.nii.gz", "abnormal": 1}]})
+    )
+    cases = find_cases(str(tmp_path / "datalist.json"))
+    assert [(c.name, c.source) for c in cases] == [("t1", str(tmp_path / "t1.nii.gz"))]
