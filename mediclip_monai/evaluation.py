@@ -14,13 +14,12 @@ import logging
 import os
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data.datalists import DataError, load_datalist
-from .data.loading import read_image, scale_intensity, volume_to_slices
-from .inferers import SliceWiseInferer
+from .data.loading import read_image, scale_intensity
+from .inferers import SliceWiseInferer, axial_views
 from .io.atomic import atomic_write
 from .metrics import image_auroc, max_f1, overlay_montage, pixel_aupro, pixel_auroc, plot_roc
 
@@ -28,22 +27,16 @@ logger = logging.getLogger(__name__)
 MONTAGE_CASES = 4
 
 
-def _slices(volume: torch.Tensor) -> torch.Tensor:
-    """(1, H, W) -> 1 x H x W; (1, H, W, D) -> N x h x w radiological axial views (as the inferer cuts them)."""
-    views = [torch.as_tensor(np.asarray(view[0]), dtype=torch.float32) for _, view in volume_to_slices(volume, 0.0)]
-    return torch.stack(views)
-
-
 def _case_maps(inferer: SliceWiseInferer, item: dict) -> dict:
     """Image slices in [0, 1], anomaly maps and truth masks of one test case, all at the model resolution."""
     size = inferer.image_size
     image = read_image(item["image"])
-    slices = _slices(scale_intensity(image))
+    _, slices = axial_views(scale_intensity(image))
     maps = inferer.slice_maps(slices, output_size=size).numpy()
     images = F.interpolate(slices[:, None], size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
     masks = None
     if item.get("label"):
-        label_slices = _slices(read_image(item["label"]))
+        _, label_slices = axial_views(read_image(item["label"]))
         if label_slices.shape != slices.shape:
             raise DataError(
                 f"{item['label']}: mask shape {tuple(label_slices.shape)} differs from image {tuple(slices.shape)}"

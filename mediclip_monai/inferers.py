@@ -27,6 +27,16 @@ def to_clip_input(slices: torch.Tensor, image_size: tuple[int, int]) -> torch.Te
     return (x.expand(-1, 3, -1, -1) - mean) / std
 
 
+def axial_views(image: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    """Slice indices and N x h x w float32 views of a (1, H, W) image or (1, H, W, D) volume.
+
+    Every slice is kept, in the radiological view of ``data.loading.volume_to_slices`` (as in training).
+    """
+    slices = volume_to_slices(image, min_foreground=0.0)
+    views = torch.stack([torch.as_tensor(np.asarray(view[0]), dtype=torch.float32) for _, view in slices])
+    return [index for index, _ in slices], views
+
+
 class SliceWiseInferer:
     """Anomaly maps of 2D images and 3D volumes on their own voxel grid.
 
@@ -79,16 +89,15 @@ class SliceWiseInferer:
         """
         if image.ndim not in (3, 4) or image.shape[0] != 1:
             raise ValueError(f"expected a (1, H, W) image or (1, H, W, D) volume, got shape {tuple(image.shape)}")
-        slices = volume_to_slices(scale_intensity(image), min_foreground=0.0)
-        views = torch.stack([torch.as_tensor(np.asarray(view[0]), dtype=torch.float32) for _, view in slices])
+        indices, views = axial_views(scale_intensity(image))
         maps = self.slice_maps(views)
         per_slice_max = maps.flatten(1).amax(dim=1)
         if image.ndim == 3:
             anomaly_map = maps[0].numpy()
             return {"anomaly_map": anomaly_map, "score": float(per_slice_max[0]), "max_slice": None}
-        volume_map = slices_to_volume([(k, maps[i : i + 1]) for i, (k, _) in enumerate(slices)], image)
+        volume_map = slices_to_volume([(k, maps[i : i + 1]) for i, k in enumerate(indices)], image)
         return {
             "anomaly_map": np.ascontiguousarray(volume_map[0].numpy(), dtype=np.float32),
             "score": float(per_slice_max.max()),
-            "max_slice": int(slices[int(per_slice_max.argmax())][0]),
+            "max_slice": indices[int(per_slice_max.argmax())],
         }

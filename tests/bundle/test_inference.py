@@ -163,7 +163,7 @@ def test_png_gives_a_2d_map_of_its_size(trained, tmp_path):
     Image.fromarray(picture).save(tmp_path / "xray.png")
     infer(trained, tmp_path / "xray.png", tmp_path / "out")
     written = nib.load(str(tmp_path / "out" / "xray" / "xray_anomaly_map.nii.gz"))
-    assert written.shape == (53, 37) or written.shape == picture.shape
+    assert written.ndim == 2
     from mediclip_monai.data.loading import read_image
 
     assert written.shape == tuple(read_image(tmp_path / "xray.png").shape[1:])
