@@ -6,8 +6,11 @@
 # Why a separate environment: monailabel 0.8.5 imports pydicom_seg, which breaks on pydicom 3, so the
 # server needs pydicom 2.4.4 while the rest of the project uses pydicom 3 (highdicom).
 #
-# How: the venv sees the system's packages (--system-site-packages), so torch, monai, open_clip and
-# the project's other dependencies are not installed again. monailabel itself is installed without
+# How: the venv sees the packages of the interpreter that runs this script (a .pth file adds that
+# interpreter's site-packages after the venv's own), so torch, monai, open_clip and the project's other
+# dependencies are not installed again, and the venv's own pydicom 2 wins for the server alone. This
+# works whether that interpreter is the system's or a virtual environment itself (--system-site-packages
+# would reach only the base interpreter, not the packages installed in the user's venv). monailabel itself is installed without
 # its dependency list: that list would pull mlflow, sam2, openslide, lmdb, gdown and a numpy<2
 # (pydicom-seg's pin) into the venv, none of which serving this app needs. Instead the packages the
 # server imports are listed below, pinned to versions tested together with monai 1.6.1 and torch
@@ -34,6 +37,8 @@ runtime=(
     "dicomweb-client==0.59.1"
     "pynetdicom==2.0.2"
     "fastapi==0.165.0"
+    "pydantic-settings==2.16.3"
+    "jsonschema==4.26.0"
     "starlette==1.10.0"
     "uvicorn==0.54.0"
     "python-multipart==0.0.34"
@@ -62,9 +67,21 @@ if ! "$python" -c "import torch, monai, open_clip" >/dev/null 2>&1; then
     exit 1
 fi
 if [ ! -x "$venv/bin/python" ]; then
-    echo "creating $venv (with the system's site-packages)"
-    "$python" -m venv --system-site-packages "$venv"
+    echo "creating $venv (on the packages of $python)"
+    "$python" -m venv "$venv"
 fi
+# One line per site folder of the running interpreter: site.addsitedir appends it to sys.path after the
+# venv's own site-packages and also runs its .pth files (editable installs).
+"$python" - "$venv" <<'PY'
+import subprocess, sys
+venv = sys.argv[1]
+target = subprocess.check_output(
+    [f"{venv}/bin/python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+).strip()
+folders = [p for p in sys.path if p.rstrip("/").endswith(("site-packages", "dist-packages")) and p != target]
+with open(f"{target}/_mediclip_base_packages.pth", "w") as f:
+    f.write("".join(f"import site; site.addsitedir({folder!r})\n" for folder in folders))
+PY
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 echo "installing monailabel 0.8.5 and the server's runtime packages into $venv"
 echo "(pip may list monailabel's unused extras, pydicom-seg's numpy<2 pin and highdicom's pydicom>=3 as"
