@@ -5,7 +5,7 @@ training on the validation set (held-out normal slices, each also with a synthet
 plain dict of floats and strings that model.pt keeps; inference, evaluation and MONAI Label apply it
 with `fused_map`, `image_score` and the stored thresholds. Never computed from test data.
 
-The rules, each chosen by the experiment of issue 11 (tiny random backbone, k = 16, 50 epochs, 3 seeds,
+The rules, each chosen by the experiment of issue 11 (tiny random backbone, k = 16, 50 epochs, 6 seeds,
 on the demo set and on the held-out brain set of `mediclip_monai.data.heldout_brain`):
 
 - Branch normalisation: per branch, the median and the interquartile range of its map over the
