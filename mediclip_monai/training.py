@@ -76,13 +76,15 @@ def write_folder_datalist(folder: str, output_dir: str) -> str:
 class FewShotData:
     """The k normal shots as 2D slices, and a fixed validation set with synthetic anomalies.
 
-    ``train``: dicts {"image": 1 x S x S tensor in [0, 1], "name"}; ``support_images``: the same images,
-    what CutPaste copies from; ``validation``: dicts {"image", "label", "name"} (label 1 x S x S binary).
+    ``train``: dicts {"image": 1 x S x S tensor in [0, 1], "name", "entry"}; ``support_images``: the same
+    images, what CutPaste copies from; ``validation``: dicts {"image", "label", "name"} (label 1 x S x S
+    binary); ``shot_slices``: per shot, the indices in ``train`` of its slices (one for a 2D shot).
     """
 
     train: list[dict]
     validation: list[dict]
     support_images: list[torch.Tensor] = field(repr=False)
+    shot_slices: list[list[int]] = field(default_factory=list)
 
 
 def _held_out_validation_items(datalist_path: str, training_items: list[dict], shots: list[dict]) -> list[dict]:
@@ -150,7 +152,8 @@ def prepare_few_shot_data(
         f"few-shot data: {len(shots)} shots -> {len(train)} training slices; "
         f"{len(validation_items)} held-out images -> {len(validation)} validation cases"
     )
-    return FewShotData(train=train, validation=validation, support_images=support)
+    shot_slices = [[i for i, item in enumerate(train) if item["entry"] == shot] for shot in range(len(shots))]
+    return FewShotData(train=train, validation=validation, support_images=support, shot_slices=shot_slices)
 
 
 class EpochSeeder:

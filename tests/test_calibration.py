@@ -104,6 +104,7 @@ def test_calibrate_gives_plain_values_that_separate_the_validation_anomalies(tmp
     assert _plain(result)
     assert set(result["pixel_threshold"]) == set(result["image_threshold"]) == set(cal.BRANCHES)
     assert result["validation"] == {"n_images": 8, "n_abnormal": 4}
+    assert result["default_branch"] == "fused" and result["default_branch"] in cal.BRANCHES
     fused = cal.fused_map(mediclip, bank, result["fusion"])
     assert fused.min() >= 0 and fused.max() <= 1
     # separable pixels: each branch's threshold cuts exactly the anomalies out (max F1 = 1)

@@ -563,8 +563,9 @@ def load_training_slices(
         min_foreground: see `volume_to_slices`.
 
     Returns:
-        ``[{"image": float32 torch.Tensor (1, S, S) in [0, 1], "name": "<case>" or "<case>_z<k>"}, ...]``
-        as plain tensors (no MetaTensor), cheap to pickle into DataLoader workers.
+        ``[{"image": float32 torch.Tensor (1, S, S) in [0, 1], "name": "<case>" or "<case>_z<k>", "entry": i}, ...]``
+        as plain tensors (no MetaTensor), cheap to pickle into DataLoader workers; ``entry`` is the index in
+        ``items`` of the image the slice comes from.
 
     Raises:
         DataError: one message listing every entry that could not be read or gave no slice.
@@ -593,6 +594,7 @@ def load_training_slices(
                 {
                     "image": small.float().clamp(0.0, 1.0).contiguous(),
                     "name": name if img.ndim == 3 else f"{name}_z{k}",
+                    "entry": i,
                 }
             )
     if problems:

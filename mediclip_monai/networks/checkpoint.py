@@ -2,8 +2,8 @@
 
 model.pt is ``MediCLIP.state_dict()``: tensors and plain containers only, read with ``weights_only=True``.
 Its extra state records the backbone (model name, pretrained tag or weights file name, taps, weights
-fingerprint), so :func:`load_mediclip` rebuilds the very network it was trained on; nothing else has to
-be repeated at inference.
+fingerprint) and the calibration, beside the memory bank's tensor, so :func:`load_mediclip` rebuilds the
+very network it was trained on; nothing else has to be repeated at inference.
 """
 
 from __future__ import annotations
@@ -52,7 +52,12 @@ def read_model_state(ckpt_path: str) -> dict:
     return state
 
 
-def load_mediclip(ckpt_path: str, clip_checkpoint: str | None = None, device: str | torch.device = "cpu") -> MediCLIP:
+def load_mediclip(
+    ckpt_path: str,
+    clip_checkpoint: str | None = None,
+    device: str | torch.device = "cpu",
+    anomaly_branch: str | None = None,
+) -> MediCLIP:
     """Rebuild the network recorded in ``ckpt_path`` and load its trained state; eval mode, on ``device``.
 
     Args:
@@ -60,9 +65,12 @@ def load_mediclip(ckpt_path: str, clip_checkpoint: str | None = None, device: st
         clip_checkpoint: local CLIP weights file, when the recorded pretrained tag cannot be downloaded here or
             the model was trained from such a file.
         device: where the network goes.
+        anomaly_branch: the map the network returns (``mediclip``, ``memory_bank``, ``fused``); None: the
+            default stored in the model's calibration (``mediclip`` for an uncalibrated model).
 
     Raises:
-        CheckpointError: see :func:`read_model_state`, or the rebuilt backbone is not the one it was trained on.
+        CheckpointError: see :func:`read_model_state`, the rebuilt backbone is not the one it was trained on,
+            or the model lacks what ``anomaly_branch`` needs (memory bank, calibration).
     """
     state = read_model_state(ckpt_path)
     identity = state["_extra_state"]
@@ -77,6 +85,11 @@ def load_mediclip(ckpt_path: str, clip_checkpoint: str | None = None, device: st
         causal_text_mask=identity["causal_text_mask"],
     )
     load_state(network, state, ckpt_path)
+    try:
+        network.anomaly_branch = anomaly_branch
+        network.require_branch(network.anomaly_branch)
+    except ValueError as error:  # an unknown branch name, or BranchUnavailableError
+        raise CheckpointError(f"{ckpt_path}: {error}") from None
     return network.to(device).eval()
 
 

@@ -5,9 +5,16 @@ convolution each (ViT width -> text width), are L2-normalised per patch and comp
 abnormal prompt embeddings. The per-layer logits are averaged, upsampled bilinearly (align_corners=True)
 to the input size and turned into probabilities by a softmax without temperature.
 
+Beyond the paper, two more anomaly branches come from the same backbone pass (issue 11): ``memory_bank``,
+the shots' patch tokens scored by nearest neighbour (`PatchMemoryBank`, built after training), and
+``fused``, both maps normalised on the normal validation slices, combined and mapped back to [0, 1]
+(`mediclip_monai.calibration`). ``anomaly_branch`` selects what ``forward`` returns; ``mediclip``
+computes exactly the paper's map, as before.
+
 The module knows nothing about files, configs or engines. Its state dict is exactly what model.pt holds:
-the adapters, the prompt contexts and, as plain extra state, the identity of the frozen backbone (model
-name, taps, a fingerprint of its weights). The backbone itself is rebuilt, never saved: it is left out of
+the adapters, the prompt contexts, the memory bank's buffer (empty until built) and, as plain extra
+state, the identity of the frozen backbone (model name, taps, a fingerprint of its weights) and the
+calibration (None until calibrated). The backbone itself is rebuilt, never saved: it is left out of
 ``state_dict()`` and of strict ``load_state_dict()``, so MONAI's CheckpointSaver/CheckpointLoader and
 ``monai.bundle ckpt_export`` work on the network as it is.
 """
@@ -21,19 +28,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..calibration import BRANCHES, fused_map
 from .clip_backbone import ClipBackbone
+from .memory_bank import PatchMemoryBank
 from .prompts import PromptLearner, build_tokenizer
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3  # 3: memory bank and calibration; format 2 files (neither) still load
 BACKBONE_PREFIX = "backbone."
+MEMORY_BANK_KEY = "memory_bank.patches"
+# How to build what a branch needs, for the error raised when it is missing.
+CALIBRATE_COMMAND = (
+    "python -m monai.bundle run calibrate --config_file bundle/configs/train.json [the training overrides]"
+)
 # What must match between a checkpoint and the network it is loaded into: the architecture and taps.
 ARCHITECTURE_KEYS = ("clip_model", "feature_layers", "causal_text_mask")
 
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint was trained on another backbone (architecture, taps or weights) than this network."""
+
+
+class BranchUnavailableError(ValueError):
+    """An anomaly branch was asked of a network that lacks what it needs (memory bank or calibration)."""
 
 
 @dataclass(frozen=True)
@@ -57,9 +75,17 @@ class MediCLIP(nn.Module):
         clip_checkpoint: local CLIP weights file; when given nothing is downloaded.
         feature_layers: 1-indexed ViT blocks to tap; None taps 1/2, 3/4 and all of the depth.
         causal_text_mask: use CLIP's causal mask in the text transformer (the reference does not).
+        anomaly_branch: the map ``forward`` returns, one of `BRANCHES`; None: the calibrated default
+            (``calibration["default_branch"]``), ``mediclip`` while uncalibrated.
 
     Input: B x 3 x S x S images normalised as ``input_contract`` says (S = the backbone's input size).
-    Output: B x 2 x S x S softmax probabilities; channel 0 normal, channel 1 anomaly.
+    Output: B x 2 x S x S; channel 1 the anomaly map of ``anomaly_branch``, channel 0 its complement
+    (``mediclip``: the paper's softmax probabilities, normal then anomaly; ``fused``: in [0, 1];
+    ``memory_bank``: 1 - cosine similarity, in [0, 2], about [0, 1] in practice).
+
+    ``memory_bank`` (a `PatchMemoryBank`) and ``calibration`` (a plain dict from
+    `mediclip_monai.calibration.calibrate`) are filled after training by
+    `mediclip_monai.model_calibration.calibrate_model`; both are saved in the state dict.
     """
 
     def __init__(
@@ -69,6 +95,7 @@ class MediCLIP(nn.Module):
         clip_checkpoint: str | None = None,
         feature_layers: list[int] | None = None,
         causal_text_mask: bool = False,
+        anomaly_branch: str | None = None,
     ) -> None:
         super().__init__()
         self.backbone = ClipBackbone(clip_model, clip_pretrained, clip_checkpoint, feature_layers)
@@ -77,6 +104,9 @@ class MediCLIP(nn.Module):
             for _ in self.backbone.feature_layers
         )
         self.prompts = PromptLearner(self.backbone.clip, build_tokenizer(clip_model), causal_text_mask)
+        self.memory_bank = PatchMemoryBank()
+        self.calibration: dict | None = None
+        self.anomaly_branch = anomaly_branch
         self._identity = {
             "clip_model": clip_model,
             "clip_pretrained": clip_pretrained or "none",
@@ -87,9 +117,12 @@ class MediCLIP(nn.Module):
         self.register_state_dict_post_hook(_drop_backbone_entries)
         self.register_load_state_dict_post_hook(_ignore_missing_backbone_entries)
         # Every rank builds the same frozen backbone (the fingerprint proves it): DDP need not broadcast it.
-        self._ddp_params_and_buffers_to_ignore = [
-            BACKBONE_PREFIX + name for name, _ in self.backbone.named_parameters()
-        ] + [BACKBONE_PREFIX + name for name, _ in self.backbone.named_buffers()]
+        # The memory bank is built on rank 0 after training: nothing to keep in step either.
+        self._ddp_params_and_buffers_to_ignore = (
+            [BACKBONE_PREFIX + name for name, _ in self.backbone.named_parameters()]
+            + [BACKBONE_PREFIX + name for name, _ in self.backbone.named_buffers()]
+            + [MEMORY_BANK_KEY]
+        )
 
     @property
     def identity(self) -> dict:
@@ -109,6 +142,46 @@ class MediCLIP(nn.Module):
             std=tuple(float(v) for v in cfg.get("std", OPENAI_STD)),
             image_size=tuple(int(v) for v in self.image_size),
         )
+
+    @property
+    def anomaly_branch(self) -> str:
+        """The branch ``forward`` returns: the one set, else the calibrated default, else ``mediclip``."""
+        return self._anomaly_branch or self.default_branch
+
+    @anomaly_branch.setter
+    def anomaly_branch(self, branch: str | None) -> None:
+        if branch is not None and branch not in BRANCHES:
+            raise ValueError(f"anomaly_branch must be one of {', '.join(BRANCHES)} or null, got {branch!r}")
+        self._anomaly_branch = branch
+
+    @property
+    def default_branch(self) -> str:
+        """The branch recommended by the calibration stored with the model; ``mediclip`` while uncalibrated."""
+        return (self.calibration or {}).get("default_branch", "mediclip")
+
+    @property
+    def available_branches(self) -> tuple[str, ...]:
+        """The branches this network can compute now: ``mediclip`` always; the others once bank/calibration exist."""
+        return tuple(branch for branch in BRANCHES if self._missing_for(branch) is None)
+
+    def _missing_for(self, branch: str) -> str | None:
+        if branch == "mediclip":
+            return None
+        missing = [] if self.memory_bank.is_built else ["memory bank"]
+        if branch == "fused" and self.calibration is None:
+            missing.append("calibration")
+        return " and ".join(missing) or None
+
+    def require_branch(self, branch: str) -> None:
+        """Raise `BranchUnavailableError` naming what to run when ``branch`` cannot be computed by this network."""
+        if branch not in BRANCHES:
+            raise ValueError(f"unknown anomaly branch {branch!r}; one of {', '.join(BRANCHES)}")
+        missing = self._missing_for(branch)
+        if missing:
+            raise BranchUnavailableError(
+                f"anomaly_branch '{branch}' needs a {missing}, which this model has not (not calibrated after "
+                f"training, or made by an older version); add it to model.pt with: {CALIBRATE_COMMAND}"
+            )
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What fine-tuning updates: the adapters and the prompt contexts (the backbone stays frozen)."""
@@ -137,8 +210,40 @@ class MediCLIP(nn.Module):
         logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=True)
         return logits.softmax(dim=1)
 
+    def anomaly_maps_from_tokens(
+        self, tokens: list[torch.Tensor], output_size, branches: tuple[str, ...] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """B x output_size anomaly maps of several branches from one backbone pass (see :meth:`patch_tokens`).
+
+        Args:
+            tokens: the tapped patch tokens of the images.
+            output_size: (height, width) of the maps.
+            branches: which to compute; None: every one in `available_branches`.
+
+        Returns:
+            {branch: B x H x W map}: ``mediclip`` is channel 1 of :meth:`probabilities_from_tokens`,
+            ``memory_bank`` the bank's upsampled nearest-neighbour score, ``fused`` the calibrated
+            combination of both (`mediclip_monai.calibration.fused_map`).
+        """
+        branches = self.available_branches if branches is None else tuple(branches)
+        for branch in branches:
+            self.require_branch(branch)
+        maps = {}
+        if "mediclip" in branches or "fused" in branches:
+            maps["mediclip"] = self.probabilities_from_tokens(tokens, output_size)[:, 1]
+        if "memory_bank" in branches or "fused" in branches:
+            maps["memory_bank"] = self.memory_bank.anomaly_map(tokens, output_size)
+        if "fused" in branches:
+            maps["fused"] = fused_map(maps["mediclip"], maps["memory_bank"], self.calibration["fusion"])
+        return {branch: maps[branch] for branch in branches}
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.probabilities_from_tokens(self.patch_tokens(images), images.shape[-2:])
+        tokens = self.patch_tokens(images)
+        branch = self.anomaly_branch
+        if branch == "mediclip":  # the paper's map, computed exactly as it always was
+            return self.probabilities_from_tokens(tokens, images.shape[-2:])
+        anomaly = self.anomaly_maps_from_tokens(tokens, images.shape[-2:], (branch,))[branch]
+        return torch.stack((1.0 - anomaly, anomaly), dim=1)
 
     @staticmethod
     def image_score(probabilities: torch.Tensor) -> torch.Tensor:
@@ -148,10 +253,10 @@ class MediCLIP(nn.Module):
     # --- checkpoint contents ----------------------------------------------------------------------------
 
     def get_extra_state(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, **self.identity}
+        return {"format": CHECKPOINT_FORMAT, **self.identity, "calibration": self.calibration}
 
     def set_extra_state(self, state: dict) -> None:
-        saved = {k: v for k, v in state.items() if k != "format"}
+        saved = {k: v for k, v in state.items() if k not in ("format", "calibration")}
         identity = self.identity
         mismatch = {k: (saved.get(k), identity[k]) for k in ARCHITECTURE_KEYS if saved.get(k) != identity[k]}
         if mismatch:
@@ -162,6 +267,7 @@ class MediCLIP(nn.Module):
             logger.warning("checkpoint records no backbone fingerprint (made by an older version); not verified")
         elif fingerprint != identity["backbone_fingerprint"]:
             raise CheckpointMismatchError(_weights_mismatch_message(saved, identity))
+        self.calibration = state.get("calibration")
 
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -199,5 +305,8 @@ def _drop_backbone_entries(module: nn.Module, state_dict: dict, prefix: str, loc
 
 
 def _ignore_missing_backbone_entries(module: nn.Module, incompatible_keys) -> None:
-    # The frozen backbone is rebuilt from the identity, never loaded: its keys are not "missing".
-    incompatible_keys.missing_keys[:] = [k for k in incompatible_keys.missing_keys if BACKBONE_PREFIX not in k]
+    # The frozen backbone is rebuilt from the identity, never loaded: its keys are not "missing". Nor is the
+    # memory bank of a model saved before banks existed: it stays empty.
+    incompatible_keys.missing_keys[:] = [
+        k for k in incompatible_keys.missing_keys if BACKBONE_PREFIX not in k and not k.endswith(MEMORY_BANK_KEY)
+    ]

@@ -11,7 +11,8 @@ Size is bounded: k volumes of 100+ slices would give millions of patches, so the
 step takes the patch farthest from those already kept, so rare normal patterns survive while repeated
 ones are thinned. One coreset is chosen over patches (their tokens at every tapped layer together,
 through a seeded random projection for the selection distances), so each layer keeps the same patches.
-Search runs in chunks of test patches and bank patches, so memory stays bounded whatever the bank size.
+Search runs in chunks of bank patches, so memory stays bounded whatever the bank size (per step: layers x
+test patches x ``bank_chunk`` floats, 25 MB for a batch of 8 at ViT-L-14).
 
 Default ``max_patches = 4096``: a whole k=16 shot set of 2D images at ViT-L-14 (16 x 256 patches) is kept
 exactly; stored in float16 at ViT-L-14 (3 layers x 1024) it takes 25 MB of model.pt; scoring one image
@@ -117,8 +118,7 @@ class PatchMemoryBank(nn.Module):
             coreset. The same patches are kept in every layer.
         seed: seed of the random projection and the coreset's first patch (the build is deterministic).
         storage_dtype: dtype of the stored bank (float16 halves model.pt; scores are computed in float32).
-        query_chunk: test patches scored at once.
-        bank_chunk: bank patches compared at once (memory per step: query_chunk x bank_chunk floats per layer).
+        bank_chunk: bank patches compared at once (memory per step: test patches x bank_chunk floats per layer).
 
     Build with :meth:`build` (tokens as ``ClipBackbone.patch_tokens`` returns them) or
     :meth:`build_from_batches`; score with :meth:`patch_scores` (patch grid) or :meth:`anomaly_map`.
@@ -129,16 +129,14 @@ class PatchMemoryBank(nn.Module):
         max_patches: int = DEFAULT_MAX_PATCHES,
         seed: int = 0,
         storage_dtype: torch.dtype = torch.float16,
-        query_chunk: int = 1024,
         bank_chunk: int = 1024,
     ) -> None:
         super().__init__()
-        if max_patches < 1 or query_chunk < 1 or bank_chunk < 1:
-            raise ValueError("max_patches, query_chunk and bank_chunk must be positive")
+        if max_patches < 1 or bank_chunk < 1:
+            raise ValueError("max_patches and bank_chunk must be positive")
         self.max_patches = int(max_patches)
         self.seed = int(seed)
         self.storage_dtype = storage_dtype
-        self.query_chunk = int(query_chunk)
         self.bank_chunk = int(bank_chunk)
         self.register_buffer("patches", torch.empty(0, 0, 0, dtype=storage_dtype))
 
@@ -233,14 +231,14 @@ class PatchMemoryBank(nn.Module):
             )
         batch, _, h, w = tokens[0].shape
         queries = _flatten_layers(tokens)  # L x P x C
-        best = torch.full(queries.shape[:2], -float("inf"), device=queries.device)
         bank = self.patches.to(queries.device)
-        for q in range(0, queries.shape[1], self.query_chunk):
-            query = queries[:, q : q + self.query_chunk]
-            for b in range(0, self.size, self.bank_chunk):
-                keys = bank[:, b : b + self.bank_chunk].float()
-                similarity = torch.bmm(query, keys.transpose(1, 2)).amax(dim=2)
-                best[:, q : q + self.query_chunk] = torch.maximum(best[:, q : q + self.query_chunk], similarity)
+        # Chunks of the bank only, never of the queries: the bank's size is fixed, so a torch.jit.trace of
+        # this loop holds for any batch size (a loop over query chunks would be unrolled for the traced batch).
+        best = None
+        for start in range(0, self.size, self.bank_chunk):
+            keys = bank[:, start : start + self.bank_chunk].float()
+            similarity = torch.bmm(queries, keys.transpose(1, 2)).amax(dim=2)
+            best = similarity if best is None else torch.maximum(best, similarity)
         return (1.0 - best).mean(dim=0).reshape(batch, h, w)
 
     def anomaly_map(self, tokens: Sequence[torch.Tensor], output_size: Sequence[int]) -> torch.Tensor:

@@ -294,6 +294,7 @@ def test_load_training_slices_from_2d_and_3d(tmp_path):
     items = [{"image": str(tmp_path / n)} for n in ("flat.nii.gz", "vol.nii.gz", "pic.png")]
     out = load_training_slices(items, image_size=32)
     assert [o["name"] for o in out] == ["flat", "vol_z1", "vol_z2", "vol_z3", "pic"]
+    assert [o["entry"] for o in out] == [0, 1, 1, 1, 2]  # the item each slice comes from
     for o in out:
         assert type(o["image"]) is torch.Tensor  # plain tensor, cheap to pickle
         assert o["image"].dtype == torch.float32 and tuple(o["image"].shape) == (1, 32, 32)

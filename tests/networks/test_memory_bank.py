@@ -85,7 +85,7 @@ def test_greedy_coreset_picks_the_farthest_point_each_step():
 def test_chunked_search_equals_one_shot_search():
     shots, queries = random_tokens(6), random_tokens(4, seed=2)
     whole = PatchMemoryBank(storage_dtype=torch.float32).build(shots)
-    chunked = PatchMemoryBank(storage_dtype=torch.float32, query_chunk=7, bank_chunk=5).build(shots)
+    chunked = PatchMemoryBank(storage_dtype=torch.float32, bank_chunk=5).build(shots)
     assert torch.equal(whole.patches, chunked.patches)
     torch.testing.assert_close(chunked.patch_scores(queries), whole.patch_scores(queries), rtol=0, atol=1e-7)
 

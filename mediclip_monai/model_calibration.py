@@ -1,0 +1,167 @@
+"""End of training: the memory bank from the shots, the calibration from validation, both into model.pt.
+
+train.json runs `calibrate_model` after the last epoch (its ``training`` list) and on its own for an
+existing model.pt (its ``calibrate`` run id, with the training's overrides, so the same datalist and seed
+give the same shots and validation set):
+
+    python -m monai.bundle run calibrate --config_file bundle/configs/train.json [the training overrides]
+
+Steps: load the best weights from model.pt; build the `PatchMemoryBank` from the k shots (a volume shot
+contributes at most ``memory_bank_slices`` evenly spaced slices, `evenly_spaced_slices`) with one backbone
+pass per batch; compute the ``mediclip`` and ``memory_bank`` maps of the validation set (held-out normal
+slices and their synthetic anomalies, the set validation scores every epoch); fit the calibration
+(`mediclip_monai.calibration.calibrate`); rewrite model.pt atomically with bank and calibration. The
+network in memory ends as the calibrated best model. Under torchrun, rank 0 alone runs it
+(multi_gpu_train.json) while the other ranks wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from . import calibration
+from .io.atomic import atomic_write
+from .metrics import pixel_auroc
+from .networks import MediCLIP, PatchMemoryBank
+from .networks.checkpoint import load_state, read_model_state
+from .networks.memory_bank import DEFAULT_MAX_PATCHES, DEFAULT_MAX_SLICES, evenly_spaced_slices
+from .training import FewShotData
+
+__all__ = ["bank_slice_indices", "branch_maps", "build_memory_bank", "calibrate_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def bank_slice_indices(shot_slices: Sequence[Sequence[int]], max_slices: int = DEFAULT_MAX_SLICES) -> list[int]:
+    """The training slices that feed the memory bank: per shot, at most ``max_slices`` evenly spaced ones.
+
+    Args:
+        shot_slices: per shot, the indices of its slices (`FewShotData.shot_slices`).
+        max_slices: the most slices taken from one shot (a 2D shot has one).
+    """
+    return [slices[i] for slices in shot_slices for i in evenly_spaced_slices(len(slices), max_slices)]
+
+
+def _token_batches(
+    network: MediCLIP, items: Sequence[dict], preprocessing: Callable, batch_size: int, amp: bool
+) -> Iterator[list[torch.Tensor]]:
+    """The tapped patch tokens of ``items`` (dicts with a 1 x S x S ``image`` in [0, 1]), batch by batch."""
+    device = next(network.parameters()).device
+    for start in range(0, len(items), batch_size):
+        # The recipe's own validation preprocessing, so the network sees what validation showed it; it
+        # also types a label, so shots get an empty one.
+        inputs = [
+            preprocessing({"image": item["image"], "label": item.get("label", torch.zeros_like(item["image"]))})
+            for item in items[start : start + batch_size]
+        ]
+        images = torch.stack([torch.as_tensor(x["image"]) for x in inputs]).to(device)
+        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+            yield network.patch_tokens(images)
+
+
+@torch.no_grad()
+def build_memory_bank(
+    network: MediCLIP,
+    shots: Sequence[dict],
+    preprocessing: Callable,
+    max_patches: int = DEFAULT_MAX_PATCHES,
+    seed: int = 0,
+    batch_size: int = 8,
+    amp: bool = False,
+) -> PatchMemoryBank:
+    """Fill ``network.memory_bank`` from the shots' patch tokens (bounded to ``max_patches`` by its coreset).
+
+    The old calibration is dropped: it belonged to the old bank.
+    """
+    bank = PatchMemoryBank(max_patches=max_patches, seed=seed)
+    bank.build_from_batches(_token_batches(network, shots, preprocessing, batch_size, amp))
+    network.memory_bank = bank.to(next(network.parameters()).device)
+    network.calibration = None
+    return network.memory_bank
+
+
+@torch.no_grad()
+def branch_maps(
+    network: MediCLIP,
+    items: Sequence[dict],
+    preprocessing: Callable,
+    branches: Sequence[str] | None = None,
+    batch_size: int = 8,
+    amp: bool = False,
+) -> dict[str, torch.Tensor]:
+    """N x S x S float32 maps (on the CPU) of each branch for ``items``; None: every available branch."""
+    size = tuple(items[0]["image"].shape[-2:])
+    parts: dict[str, list[torch.Tensor]] = {}
+    for tokens in _token_batches(network, items, preprocessing, batch_size, amp):
+        for name, anomaly_map in network.anomaly_maps_from_tokens(tokens, size, branches).items():
+            parts.setdefault(name, []).append(anomaly_map.float().cpu())
+    return {name: torch.cat(maps) for name, maps in parts.items()}
+
+
+def calibrate_model(
+    network: MediCLIP,
+    data: FewShotData,
+    preprocessing: Callable,
+    model_path: str,
+    memory_bank_size: int = DEFAULT_MAX_PATCHES,
+    memory_bank_slices: int = DEFAULT_MAX_SLICES,
+    memory_bank_weight: float = calibration.DEFAULT_MEMORY_BANK_WEIGHT,
+    seed: int = 0,
+    batch_size: int = 8,
+    amp: bool = False,
+) -> dict:
+    """Build the memory bank and the calibration of the model in ``model_path`` and write them into it.
+
+    Args:
+        network: the training network (its weights are replaced by those of ``model_path``).
+        data: the few-shot data of the run (`mediclip_monai.training.prepare_few_shot_data`).
+        preprocessing: the validation preprocessing of train.json (3 channels, CLIP normalisation).
+        model_path: model.pt, read and rewritten (atomically: a failure leaves the old file whole).
+        memory_bank_size: the most patches the bank keeps (config ``memory_bank_size``).
+        memory_bank_slices: the most slices of one volume shot that feed the bank (``memory_bank_slices``).
+        memory_bank_weight: fusion weight of the memory bank (``memory_bank_weight``).
+        seed: the config's seed (the coreset's draws).
+        batch_size: slices per backbone pass.
+        amp: autocast on CUDA, as validation.
+
+    Returns:
+        The calibration stored (see `mediclip_monai.calibration.calibrate`).
+
+    Raises:
+        CheckpointError: no model.pt, or one of another network (run training first, with the same overrides).
+    """
+    load_state(network, read_model_state(model_path), model_path)
+    network.eval()
+    start = time.perf_counter()
+    shots = [data.train[i] for i in bank_slice_indices(data.shot_slices, memory_bank_slices)]
+    bank = build_memory_bank(network, shots, preprocessing, memory_bank_size, seed, batch_size, amp)
+    logger.info(
+        f"memory bank: {bank.size} patches per layer from {len(shots)} slices of {len(data.shot_slices)} shots "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    maps = branch_maps(network, data.validation, preprocessing, ("mediclip", "memory_bank"), batch_size, amp)
+    images = torch.stack([item["image"][0] for item in data.validation])
+    masks = torch.stack([item["label"][0] for item in data.validation])
+    result = calibration.calibrate(maps["mediclip"], maps["memory_bank"], images, masks, memory_bank_weight)
+    result["memory_bank"] = {
+        "size": bank.size,
+        "shots": len(data.shot_slices),
+        "slices": len(shots),
+        "max_slices_per_shot": int(memory_bank_slices),
+        "seed": int(seed),
+    }
+    network.calibration = result
+    with atomic_write(model_path) as tmp:
+        torch.save(network.state_dict(), tmp)
+    maps["fused"] = calibration.fused_map(maps["mediclip"], maps["memory_bank"], result["fusion"])
+    summary = ", ".join(
+        f"{name} {pixel_auroc(masks, maps[name]):.3f} (threshold {result['pixel_threshold'][name]:.3g})"
+        for name in calibration.BRANCHES
+    )
+    logger.info(f"calibrated on {len(images)} validation slices; pixel AUROC {summary}")
+    logger.info(f"{model_path}: memory bank and calibration stored; default branch '{result['default_branch']}'")
+    return result
