@@ -20,10 +20,11 @@ from monai.data import DataLoader, Dataset
 from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd, RepeatChanneld
 from monai.utils import set_determinism
 
+from mediclip_monai.data.resolve import resolve_datalist
 from mediclip_monai.inferers import CLIP_MEAN, CLIP_STD
 from mediclip_monai.losses import MediCLIPLoss
 from mediclip_monai.networks import MediCLIP
-from mediclip_monai.training import prepare_few_shot_data, resolve_datalist
+from mediclip_monai.training import prepare_few_shot_data
 from mediclip_monai.transforms import RandAnomalySynthesisd
 
 

@@ -261,7 +261,7 @@ def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, d
 
 
 def test_a_folder_of_nifti_files_is_one_case_per_file_and_a_series_folder_is_one_case(tmp_path):
-    from mediclip_monai.inference import find_cases
+    from mediclip_monai.data.cases import find_cases
 
     folder = tmp_path / "scans"
     folder.mkdir()
@@ -278,7 +278,7 @@ def test_a_folder_of_nifti_files_is_one_case_per_file_and_a_series_folder_is_one
 
 
 def test_a_datalist_input_gives_its_test_cases(tmp_path):
-    from mediclip_monai.inference import find_cases
+    from mediclip_monai.data.cases import find_cases
 
     nib.save(nib.Nifti1Image(brain_like_volume((8, 8, 1))[..., 0], np.eye(4)), str(tmp_path / "t1.nii.gz"))
     (tmp_path / "datalist.json").write_text(
