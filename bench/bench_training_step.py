@@ -31,7 +31,7 @@ from mediclip_monai.transforms import RandAnomalySynthesisd
 def bench(clip_model: str, data, steps: int, num_workers: int, batch_size: int) -> dict:
     network = MediCLIP(clip_model, "none")
     network.train()
-    optimizer = torch.optim.Adam(network.trainable.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    optimizer = torch.optim.Adam(network.trainable_parameters(), lr=1e-3, betas=(0.5, 0.999))
     loss_function = MediCLIPLoss()
     transform = Compose(
         [

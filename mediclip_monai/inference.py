@@ -13,49 +13,20 @@ import logging
 import os
 from collections.abc import Mapping
 
-import torch
 import torch.distributed as dist
 
 from .data.cases import find_cases
 from .io.outputs import assign_output_names, is_complete
-from .networks import MediCLIP
+from .networks import MediCLIP, load_mediclip
 
-__all__ = ["load_checkpoint_state", "load_trained_model", "plan_cases"]
+__all__ = ["load_trained_model", "plan_cases"]
 
 logger = logging.getLogger(__name__)
 
 
-def load_checkpoint_state(ckpt_path: str) -> dict:
-    """The trainable state dict of a checkpoint (model.pt, or a resume checkpoint holding 'model')."""
-    if not os.path.isfile(ckpt_path):
-        raise FileNotFoundError(f"{ckpt_path}: no trained model here; train first (see README) or set --ckpt_dir.")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    if "_extra_state" not in state and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if "_extra_state" not in state:
-        raise ValueError(f"{ckpt_path}: not a MediCLIP checkpoint (no backbone identity inside).")
-    return state
-
-
 def load_trained_model(ckpt_path: str, device: str = "cpu", clip_checkpoint: str | None = None) -> MediCLIP:
-    """Rebuild the network recorded in ``ckpt_path`` and load its trained adapters and prompts.
-
-    Args:
-        ckpt_path: model.pt written by training.
-        device: where the network goes.
-        clip_checkpoint: local CLIP weights file, when the recorded pretrained tag cannot be downloaded.
-    """
-    state = load_checkpoint_state(ckpt_path)
-    identity = state["_extra_state"]
-    network = MediCLIP(
-        clip_model=identity["clip_model"],
-        clip_pretrained=identity["clip_pretrained"],
-        clip_checkpoint=clip_checkpoint or None,
-        feature_layers=identity["feature_layers"],
-        causal_text_mask=identity["causal_text_mask"],
-    )
-    network.trainable.load_state_dict(state)
-    return network.to(device).eval()
+    """Rebuild the network recorded in ``ckpt_path`` with its trained weights (see ``networks.load_mediclip``)."""
+    return load_mediclip(ckpt_path, clip_checkpoint=clip_checkpoint, device=device)
 
 
 def _distributed() -> bool:

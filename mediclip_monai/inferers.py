@@ -20,7 +20,6 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 
 from .data.loading import views_to_volume, volume_to_views
-from .networks.contract import input_contract
 from .transforms.preprocessing import ClipInput
 
 __all__ = ["SliceWiseInferer"]
@@ -43,7 +42,7 @@ class SliceWiseInferer(Inferer):
             (``ScaleIntensityRobustd``); a MetaTensor's affine (per case in a collated batch) gives each
             volume's axial axis. Any device: slices go to the network's device batch by batch.
         network: a MediCLIP network (``B x 3 x S x S`` -> ``B x 2 x S x S`` probabilities; channel 1 is
-            the anomaly), in eval mode. Autocast, when the caller enables it, covers the network only.
+            the anomaly) in eval mode, whose ``input_contract`` gives S, mean and std. Autocast, when the caller enables it, covers the network only.
 
     Returns:
         ``B x 1 x H x W [x D]`` float32 anomaly probabilities in [0, 1] on the inputs' grid and device,
@@ -75,7 +74,7 @@ class SliceWiseInferer(Inferer):
 
     def view_maps(self, views: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
         """N x 1 x h x w slices in [0, 1] -> N x 1 x h x w anomaly probabilities, on the slices' device."""
-        contract = input_contract(network)
+        contract = getattr(network, "module", network).input_contract  # DistributedDataParallel: .module
         clip_input = ClipInput(contract.mean, contract.std)
         device = next(network.parameters()).device
         out = torch.empty(views.shape, dtype=torch.float32, device=views.device)

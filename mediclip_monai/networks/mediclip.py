@@ -5,12 +5,17 @@ convolution each (ViT width -> text width), are L2-normalised per patch and comp
 abnormal prompt embeddings. The per-layer logits are averaged, upsampled bilinearly (align_corners=True)
 to the input size and turned into probabilities by a softmax without temperature.
 
-The module knows nothing about files, configs or engines. Only ``network.trainable`` (adapters and
-prompt contexts) is trained and saved; its state dict also records which backbone it was trained on, so
-inference rebuilds the same network from the checkpoint alone.
+The module knows nothing about files, configs or engines. Its state dict is exactly what model.pt holds:
+the adapters, the prompt contexts and, as plain extra state, the identity of the frozen backbone (model
+name, taps, a fingerprint of its weights). The backbone itself is rebuilt, never saved: it is left out of
+``state_dict()`` and of strict ``load_state_dict()``, so MONAI's CheckpointSaver/CheckpointLoader and
+``monai.bundle ckpt_export`` work on the network as it is.
 """
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,37 +24,28 @@ from torch import nn
 from .clip_backbone import ClipBackbone
 from .prompts import PromptLearner, build_tokenizer
 
-CHECKPOINT_FORMAT = 1
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 2
+BACKBONE_PREFIX = "backbone."
+# What must match between a checkpoint and the network it is loaded into: the architecture and taps.
+ARCHITECTURE_KEYS = ("clip_model", "feature_layers", "causal_text_mask")
 
 
-class TrainableParts(nn.Module):
-    """The adapters and prompt contexts, plus the backbone identity as plain extra state.
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was trained on another backbone (architecture, taps or weights) than this network."""
 
-    Its state dict is what checkpoints hold: tensors and plain containers only (loads with
-    ``weights_only=True``).
+
+@dataclass(frozen=True)
+class InputContract:
+    """What the network expects as input: RGB images of ``image_size`` normalised with ``mean``/``std``.
+
+    ``image_size`` is (height, width) in pixels; mean and std are per channel, for intensities in [0, 1].
     """
 
-    def __init__(self, adapters: nn.ModuleList, prompts: PromptLearner, backbone_identity: dict):
-        super().__init__()
-        self.adapters = adapters
-        self.prompts = prompts
-        self.backbone_identity = dict(backbone_identity)
-
-    def get_extra_state(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, **self.backbone_identity}
-
-    def set_extra_state(self, state: dict) -> None:
-        saved = {k: v for k, v in state.items() if k != "format"}
-        # The weights file path may differ between machines; the architecture and taps may not.
-        keys = ("clip_model", "feature_layers", "causal_text_mask")
-        mismatch = {
-            k: (saved.get(k), self.backbone_identity.get(k))
-            for k in keys
-            if saved.get(k) != self.backbone_identity.get(k)
-        }
-        if mismatch:
-            details = ", ".join(f"{k}: checkpoint {a!r} vs network {b!r}" for k, (a, b) in mismatch.items())
-            raise ValueError(f"Checkpoint was trained on another backbone ({details}).")
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: tuple[int, int]
 
 
 class MediCLIP(nn.Module):
@@ -62,7 +58,7 @@ class MediCLIP(nn.Module):
         feature_layers: 1-indexed ViT blocks to tap; None taps 1/2, 3/4 and all of the depth.
         causal_text_mask: use CLIP's causal mask in the text transformer (the reference does not).
 
-    Input: B x 3 x S x S images normalised with CLIP's mean/std (S = the backbone's input size).
+    Input: B x 3 x S x S images normalised as ``input_contract`` says (S = the backbone's input size).
     Output: B x 2 x S x S softmax probabilities; channel 0 normal, channel 1 anomaly.
     """
 
@@ -76,39 +72,132 @@ class MediCLIP(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = ClipBackbone(clip_model, clip_pretrained, clip_checkpoint, feature_layers)
-        adapters = nn.ModuleList(
+        self.adapters = nn.ModuleList(
             nn.Conv2d(self.backbone.vision_width, self.backbone.embed_dim, kernel_size=1, bias=True)
             for _ in self.backbone.feature_layers
         )
-        prompts = PromptLearner(self.backbone.clip, build_tokenizer(clip_model), causal_text_mask)
-        identity = {
+        self.prompts = PromptLearner(self.backbone.clip, build_tokenizer(clip_model), causal_text_mask)
+        self._identity = {
             "clip_model": clip_model,
             "clip_pretrained": clip_pretrained or "none",
+            "clip_checkpoint": _file_name(clip_checkpoint),
             "feature_layers": list(self.backbone.feature_layers),
             "causal_text_mask": bool(causal_text_mask),
         }
-        self.trainable = TrainableParts(adapters, prompts, identity)
+        self.register_state_dict_post_hook(_drop_backbone_entries)
+        self.register_load_state_dict_post_hook(_ignore_missing_backbone_entries)
+        # Every rank builds the same frozen backbone (the fingerprint proves it): DDP need not broadcast it.
+        self._ddp_params_and_buffers_to_ignore = [
+            BACKBONE_PREFIX + name for name, _ in self.backbone.named_parameters()
+        ] + [BACKBONE_PREFIX + name for name, _ in self.backbone.named_buffers()]
+
+    @property
+    def identity(self) -> dict:
+        """Which backbone this network runs: model name, weights source, taps, weights fingerprint."""
+        return {**self._identity, "backbone_fingerprint": self.backbone.fingerprint}
 
     @property
     def image_size(self) -> tuple[int, int]:
         return self.backbone.image_size
 
+    @property
+    def input_contract(self) -> InputContract:
+        """Mean, std and input size of the backbone (open_clip's ``preprocess_cfg``)."""
+        cfg = getattr(self.backbone.clip.visual, "preprocess_cfg", {}) or {}
+        return InputContract(
+            mean=tuple(float(v) for v in cfg.get("mean", OPENAI_MEAN)),
+            std=tuple(float(v) for v in cfg.get("std", OPENAI_STD)),
+            image_size=tuple(int(v) for v in self.image_size),
+        )
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What fine-tuning updates: the adapters and the prompt contexts (the backbone stays frozen)."""
+        return list(self.adapters.parameters()) + list(self.prompts.parameters())
+
     def text_features(self) -> torch.Tensor:
         """text_dim x 2 normalised class embeddings (normal, abnormal)."""
-        return self.trainable.prompts.text_features()
+        return self.prompts.text_features()
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def patch_tokens(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The one backbone pass: tapped patch tokens, each B x vision_width x h x w (no gradient)."""
+        return self.backbone.patch_tokens(images)
+
+    def mediclip_logits(self, tokens: list[torch.Tensor]) -> torch.Tensor:
+        """B x 2 x h x w (normal, abnormal) logits on the patch grid, averaged over the tapped layers."""
         text = self.text_features()
         logits = 0
-        tokens = self.backbone.patch_tokens(images)
-        for adapter, layer_tokens in zip(self.trainable.adapters, tokens):
+        for adapter, layer_tokens in zip(self.adapters, tokens):
             patches = F.normalize(adapter(layer_tokens).permute(0, 2, 3, 1), dim=-1)
             logits = logits + patches @ text.to(patches.dtype)
-        logits = (logits / len(tokens)).permute(0, 3, 1, 2)
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=True)
+        return (logits / len(tokens)).permute(0, 3, 1, 2)
+
+    def probabilities_from_tokens(self, tokens: list[torch.Tensor], output_size) -> torch.Tensor:
+        """B x 2 x output_size softmax probabilities from tapped tokens (see :meth:`patch_tokens`)."""
+        logits = self.mediclip_logits(tokens)
+        logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=True)
         return logits.softmax(dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.probabilities_from_tokens(self.patch_tokens(images), images.shape[-2:])
 
     @staticmethod
     def image_score(probabilities: torch.Tensor) -> torch.Tensor:
         """Image-level anomaly score: the maximum of the full-resolution anomaly channel, shape B."""
         return probabilities[:, 1].flatten(1).amax(dim=1)
+
+    # --- checkpoint contents ----------------------------------------------------------------------------
+
+    def get_extra_state(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, **self.identity}
+
+    def set_extra_state(self, state: dict) -> None:
+        saved = {k: v for k, v in state.items() if k != "format"}
+        identity = self.identity
+        mismatch = {k: (saved.get(k), identity[k]) for k in ARCHITECTURE_KEYS if saved.get(k) != identity[k]}
+        if mismatch:
+            details = ", ".join(f"{k}: checkpoint {a!r} vs network {b!r}" for k, (a, b) in mismatch.items())
+            raise CheckpointMismatchError(f"trained on another backbone ({details})")
+        fingerprint = saved.get("backbone_fingerprint")
+        if fingerprint is None:
+            logger.warning("checkpoint records no backbone fingerprint (made by an older version); not verified")
+        elif fingerprint != identity["backbone_fingerprint"]:
+            raise CheckpointMismatchError(_weights_mismatch_message(saved, identity))
+
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _file_name(path: str | None) -> str | None:
+    """The file name of a weights path: paths differ between machines, names identify the file."""
+    if not path:
+        return None
+    return str(path).replace("\\", "/").rstrip("/").split("/")[-1]
+
+
+def _weights_mismatch_message(saved: dict, network: dict) -> str:
+    def source(identity: dict) -> str:
+        if identity.get("clip_checkpoint"):
+            return f"clip_checkpoint '{identity['clip_checkpoint']}'"
+        return f"clip_pretrained '{identity.get('clip_pretrained')}'"
+
+    fix = (
+        f"give the same weights file with --clip_checkpoint PATH/{saved['clip_checkpoint']}"
+        if saved.get("clip_checkpoint")
+        else f"use the pretrained tag '{saved.get('clip_pretrained')}' it was trained with"
+    )
+    return (
+        f"trained on other {saved.get('clip_model')} weights ({source(saved)}, fingerprint "
+        f"{str(saved['backbone_fingerprint'])[:12]}) than the backbone built now ({source(network)}, fingerprint "
+        f"{str(network['backbone_fingerprint'])[:12]}); its maps would come from the wrong network: {fix}"
+    )
+
+
+def _drop_backbone_entries(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + BACKBONE_PREFIX)]:
+        del state_dict[key]
+
+
+def _ignore_missing_backbone_entries(module: nn.Module, incompatible_keys) -> None:
+    # The frozen backbone is rebuilt from the identity, never loaded: its keys are not "missing".
+    incompatible_keys.missing_keys[:] = [k for k in incompatible_keys.missing_keys if BACKBONE_PREFIX not in k]

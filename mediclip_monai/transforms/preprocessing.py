@@ -7,7 +7,7 @@
 - ``ModelGridd``: a case on the grid of MediCLIP's evaluation protocol, every axial slice at the
   network's input size.
 - ``ClipInput`` / ``ClipInputd``: 1-channel [0, 1] images to the network's 3-channel normalised input;
-  the mean and std come from the network (``networks.contract.input_contract``), used by training,
+  the mean and std come from the network (``MediCLIP.input_contract``), used by training,
   inference, evaluation and the benchmarks alike.
 """
 
@@ -149,7 +149,7 @@ class ModelGridd(MapTransform):
 
     Args:
         keys: keys to put on the grid (image, and label when present).
-        spatial_size: the network's input size (rows, columns), e.g. ``input_contract(network).image_size``.
+        spatial_size: the network's input size (rows, columns), e.g. ``network.input_contract.image_size``.
         mode: interpolation per key, ``"bilinear"`` or ``"nearest"``.
         allow_missing_keys: skip absent keys.
     """
@@ -187,7 +187,7 @@ class ClipInput(Transform):
     """Grayscale images in [0, 1] to the network's input: 3 equal channels, normalised as ``(x - mean) / std``.
 
     Args:
-        mean: per-channel mean of the network's input contract (``input_contract(network).mean``).
+        mean: per-channel mean of the network's input contract (``network.input_contract.mean``).
         std: per-channel standard deviation of the contract.
 
     ``__call__`` takes ``(..., 1, H, W)`` (a channel-first image or a batch of them) and returns

@@ -22,8 +22,8 @@ def test_vit_l14_trainable_parameters_are_adapters_and_prompts_only():
     model = MediCLIP("ViT-L-14", "none")
     assert model.backbone.feature_layers == [12, 18, 24]
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
-    adapters = sum(v for n, v in trainable.items() if ".adapters." in n)
-    prompts = sum(v for n, v in trainable.items() if ".prompts." in n)
+    adapters = sum(v for n, v in trainable.items() if n.startswith("adapters."))
+    prompts = sum(v for n, v in trainable.items() if n.startswith("prompts."))
     assert adapters == 3 * (1024 * 768 + 768) == 2_361_600
     assert prompts == (10 + 11) * 8 * 768 == 129_024
     assert sum(trainable.values()) == adapters + prompts
@@ -32,7 +32,7 @@ def test_vit_l14_trainable_parameters_are_adapters_and_prompts_only():
     probabilities = model(torch.randn(1, 3, 224, 224))
     (probabilities[:, 1].mean()).backward()
     assert all(p.grad is None for p in model.backbone.parameters())
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.trainable.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.trainable_parameters())
 
 
 def test_map_shape_range_and_score(tiny_model):
@@ -69,7 +69,7 @@ def test_weights_through_clip_checkpoint_give_identical_outputs(tmp_path, tiny_m
     torch.save(tiny_model.backbone.clip.state_dict(), path)
     torch.manual_seed(0)
     loaded = MediCLIP("mediclip-tiny", "none", clip_checkpoint=str(path)).eval()
-    loaded.trainable.load_state_dict(tiny_model.trainable.state_dict())
+    loaded.load_state_dict(tiny_model.state_dict())
     images = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), tiny_model(images), rtol=0, atol=0)
@@ -92,7 +92,7 @@ def test_causal_mask_switch_changes_text_features():
 
 
 def test_text_features_cached_until_contexts_change(tiny_model):
-    prompts = tiny_model.trainable.prompts
+    prompts = tiny_model.prompts
     with torch.no_grad():
         first = prompts.text_features()
         assert prompts.text_features() is first
@@ -102,10 +102,10 @@ def test_text_features_cached_until_contexts_change(tiny_model):
 
 
 def test_checkpoint_refuses_other_backbone(tiny_model):
-    state = tiny_model.trainable.state_dict()
+    state = tiny_model.state_dict()
     other = MediCLIP("mediclip-tiny", "none", feature_layers=[2, 4, 6])
     with pytest.raises(ValueError, match="feature_layers"):
-        other.trainable.load_state_dict(state)
+        other.load_state_dict(state)
 
 
 def test_feature_layers_follow_depth_proportions():
