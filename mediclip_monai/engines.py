@@ -5,8 +5,8 @@ An exception inside Ignite's loop ends a run, so a case that cannot be read, sco
 raise there. ``CaseDataset`` turns a case whose preprocessing fails (unreadable file, bad mask) into a
 failure record; ``CaseEvaluator`` (MONAI's ``SupervisedEvaluator``) records those, catches what fails in
 inference, postprocessing or writing of a case, and goes on with the next one. Its iteration output for
-such a case is ``[{"pred": None, "label": None, "failure": ...}]``, which the project's metrics and
-handlers skip. When the loop is over, the
+such a case is ``[NoPrediction(name, source, failure)]``, whose ``pred``, ``label`` (any key) is None: the
+project's metrics and handlers skip it. When the loop is over, the
 failures of every rank are reported in one ``CaseFailuresError`` (after the handlers have written what
 the good cases gave), so the run exits non-zero and names every bad file with its reason.
 """
@@ -20,8 +20,9 @@ from typing import Any
 import torch.distributed as dist
 from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
+from torch.utils.data import Sampler
 
-__all__ = ["FAILURE_KEY", "CaseDataset", "CaseEvaluator", "CaseFailuresError", "describe_failure"]
+__all__ = ["FAILURE_KEY", "CaseDataset", "CaseEvaluator", "CaseFailuresError", "CaseShardSampler", "describe_failure"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,13 @@ def describe_failure(source: str, error: BaseException) -> str:
     return f"{source}: {type(root).__name__}: {str(root).strip()}"
 
 
+class NoPrediction(dict):
+    """The iteration output of a failed case or an idle iteration: any key a metric asks for is None."""
+
+    def __missing__(self, key):
+        return None
+
+
 def _first(value):
     """The single item of a collated batch of one case (collation makes lists and 1-element tensors)."""
     if isinstance(value, (list, tuple)):
@@ -70,6 +78,30 @@ class CaseDataset(Dataset):
             item = self.data[index]
             source = str(item.get("source", item.get("image", "")))
             return {"name": item.get("name", ""), "source": source, FAILURE_KEY: describe_failure(source, error)}
+
+
+class CaseShardSampler(Sampler):
+    """This rank's share of the cases of a distributed run: cases ``rank``, ``rank + world``, ...
+
+    Every case goes to exactly one rank and none is repeated (unlike samplers that pad ranks to equal
+    length, which would write a case twice and count it twice in metrics); a rank may get no case.
+
+    Args:
+        dataset: the cases.
+        num_replicas: number of ranks (default: the process group's size).
+        rank: this rank (default: the process group's rank).
+    """
+
+    def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        self.num_replicas = dist.get_world_size() if num_replicas is None else int(num_replicas)
+        self.rank = dist.get_rank() if rank is None else int(rank)
+        self.indices = range(self.rank, len(dataset), self.num_replicas)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class CaseEvaluator(SupervisedEvaluator):
@@ -95,7 +127,7 @@ class CaseEvaluator(SupervisedEvaluator):
 
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict[str, Any]) -> list[dict]:
         if batchdata.get(IDLE_KEY):
-            return [{"pred": None, "label": None}]
+            return [NoPrediction()]
         name, source = _first(batchdata.get("name")), _first(batchdata.get("source"))
         failure = _first(batchdata.get(FAILURE_KEY))
         if failure is None:
@@ -105,7 +137,7 @@ class CaseEvaluator(SupervisedEvaluator):
                 failure = describe_failure(source, error)
         logger.error(failure)
         self.failures.append(failure)
-        return [{"name": name, "source": source, FAILURE_KEY: failure, "pred": None, "label": None}]
+        return [NoPrediction(name=name, source=source, **{FAILURE_KEY: failure})]
 
     def run(self, global_epoch: int = 1) -> None:
         self.failures = []
@@ -122,4 +154,3 @@ class CaseEvaluator(SupervisedEvaluator):
             raise CaseFailuresError(
                 f"{len(failures)} of {n_cases} case(s) failed:\n" + "\n".join(f"  {f}" for f in failures)
             )
-

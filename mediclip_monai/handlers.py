@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch.distributed as dist
 from ignite.engine import Engine, Events
@@ -24,9 +23,12 @@ __all__ = ["CaseIndexHandler", "EvaluationReport"]
 logger = logging.getLogger(__name__)
 
 
-def _cases(output: Any) -> list[dict]:
-    """The postprocessed cases of an iteration output that have a prediction (not failed, not idle)."""
-    return [o for o in output or [] if isinstance(o, dict) and o.get("pred") is not None]
+def _cases(engine: Engine) -> list[dict]:
+    """The postprocessed cases of the last iteration that have a prediction (not failed, not idle), each
+    its (decollated) batch entry and output together."""
+    output, batch = engine.state.output or [], engine.state.batch
+    batch = batch if isinstance(batch, list) and len(batch) == len(output) else [{}] * len(output)
+    return [{**b, **o} for b, o in zip(batch, output) if isinstance(o, dict) and o.get("pred") is not None]
 
 
 def _distributed() -> bool:
@@ -81,7 +83,7 @@ class EvaluationReport:
     def collect(self, engine: Engine) -> None:
         output = engine.state.output or []
         self.failed += sum(1 for o in output if isinstance(o, dict) and o.get(FAILURE_KEY))
-        for case in _cases(output):
+        for case in _cases(engine):
             record = case_record(case)
             self.records.append(record)
             self.shown.append({**record, "slices": case_panels(case)})

@@ -76,7 +76,7 @@ class SliceWiseInferer(Inferer):
         """N x 1 x h x w slices in [0, 1] -> N x 1 x h x w anomaly probabilities, on the slices' device."""
         contract = getattr(network, "module", network).input_contract  # DistributedDataParallel: .module
         clip_input = ClipInput(contract.mean, contract.std)
-        device = next(network.parameters()).device
+        device = next(iter(network.parameters()), torch.empty(0)).device
         out = torch.empty(views.shape, dtype=torch.float32, device=views.device)
         for start in range(0, views.shape[0], self.batch_size):
             batch = views[start : start + self.batch_size].to(device, torch.float32)

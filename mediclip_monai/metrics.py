@@ -450,7 +450,8 @@ def overlay_montage(path: str | os.PathLike, cases: Sequence[Mapping], threshold
 
     Args:
         path: destination PNG.
-        cases: dicts with ``name``, ``score``, optional ``decision`` (``"abnormal"``/``"normal"``) and
+        cases: dicts with ``name``, ``score``, optional ``decision`` (``"abnormal"``/``"normal"``), optional
+            ``abnormal`` (the truth, 0/1), and
             ``slices``: a list of dicts with ``image`` (H x W in [0, 1]), ``anomaly_map`` (H x W in [0, 1]),
             ``label`` (H x W binary truth, or None when unknown) and ``title`` (e.g. which slice it is); a
             case may give one slice's ``image``, ``anomaly_map`` and ``label`` directly instead.
@@ -462,6 +463,8 @@ def overlay_montage(path: str | os.PathLike, cases: Sequence[Mapping], threshold
     figure = _new_figure(3.4 * columns, 3.2 * len(cases))
     for row, case in enumerate(cases):
         verdict = f" -> {case['decision']}" if case.get("decision") else ""
+        if case.get("abnormal") is not None:
+            verdict += f" (truth: {'abnormal' if case['abnormal'] else 'normal'})"
         for index, shown in enumerate(_montage_slices(case)):
             image = np.squeeze(_to_numpy(shown["image"]))
             anomaly_map = np.squeeze(_to_numpy(shown["anomaly_map"]))
@@ -479,11 +482,11 @@ def overlay_montage(path: str | os.PathLike, cases: Sequence[Mapping], threshold
             if threshold is not None and anomaly_map.min() < threshold <= anomaly_map.max():
                 map_axes.contour(anomaly_map, levels=[threshold], colors="white", linewidths=1)
             figure.colorbar(drawn, ax=map_axes, fraction=0.046, pad=0.02)
-            where = f"{shown.get('title') or ''}".strip()
-            truth = "truth: not given" if label is None else "truth"
-            heading = f"{case['name']}: score {float(case['score']):.3f}{verdict}" if index == 0 else ""
-            truth_axes.set_title("\n".join(t for t in (heading, f"{where} {truth}".strip()) if t), fontsize=8)
-            contour = f", contour {threshold:g}" if threshold is not None else ""
-            map_axes.set_title(f"{where} map 0-1{contour}".strip(), fontsize=8)
+            where = f"{shown['title']}: " if shown.get("title") else ""
+            heading = f"{case['name']}: score {float(case['score']):.3f}{verdict}\n" if index == 0 else ""
+            outline = "no mask given" if label is None else "truth outlined"
+            truth_axes.set_title(f"{heading}{where}{outline}", fontsize=8)
+            contour = f", threshold {threshold:g} contoured" if threshold is not None else ""
+            map_axes.set_title(f"{where}anomaly map (0-1){contour}", fontsize=8)
     figure.tight_layout()
     return _save_png(figure, path)

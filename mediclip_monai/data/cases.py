@@ -144,8 +144,9 @@ def find_cases(input_path: str) -> list[Case]:
 def datalist_cases(datalist: str, section: str = "test") -> list[dict]:
     """The entries of one datalist section as evaluation cases: each entry plus its ``name`` and ``source``.
 
-    Names follow the same rule as inference's, so a case has one name in scores.csv and cases.csv.
+    Names follow the same rule as inference's, so a case has one name in scores.csv and cases.csv. An
+    empty ``label`` (null or "") is dropped: the entry has no mask.
     """
-    items = load_datalist(datalist, section)
+    items = [{k: v for k, v in item.items() if k != "label" or v} for item in load_datalist(datalist, section)]
     names = case_names([item["image"] for item in items])
     return [{**item, "name": name, "source": item["image"]} for item, name in zip(items, names)]
