@@ -42,7 +42,8 @@ class SliceWiseInferer(Inferer):
             (``ScaleIntensityRobustd``); a MetaTensor's affine (per case in a collated batch) gives each
             volume's axial axis. Any device: slices go to the network's device batch by batch.
         network: a MediCLIP network (``B x 3 x S x S`` -> ``B x 2 x S x S`` probabilities; channel 1 is
-            the anomaly) in eval mode, whose ``input_contract`` gives S, mean and std. Autocast, when the caller enables it, covers the network only.
+            the anomaly) in eval mode, whose ``input_contract`` gives S, mean and std. Autocast, when the
+            caller enables it, covers the network only.
 
     Returns:
         ``B x 1 x H x W [x D]`` float32 anomaly probabilities in [0, 1] on the inputs' grid and device,

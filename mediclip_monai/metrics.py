@@ -161,8 +161,7 @@ def pixel_aupro(masks, maps, max_fpr: float = 0.3, num_thresholds: int = 200) ->
     normal = np.concatenate(normal_scores) if normal_scores else np.zeros(0)
     if n_regions == 0 or normal.size == 0:
         present = "normal" if n_regions == 0 else "abnormal"
-        warnings.warn(f"pixel AUPRO is undefined when only {present} pixels are present; returning NaN",
-                      stacklevel=2)
+        warnings.warn(f"pixel AUPRO is undefined when only {present} pixels are present; returning NaN", stacklevel=2)
         return float("nan")
     defect = np.concatenate(region_scores)
     regions = np.concatenate(region_ids)
