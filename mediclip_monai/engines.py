@@ -22,12 +22,25 @@ from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 from torch.utils.data import Sampler
 
-__all__ = ["FAILURE_KEY", "CaseDataset", "CaseEvaluator", "CaseFailuresError", "CaseShardSampler", "describe_failure"]
+__all__ = [
+    "FAILURE_KEY",
+    "CaseDataset",
+    "CaseEvaluator",
+    "CaseFailuresError",
+    "CaseShardSampler",
+    "describe_failure",
+    "is_distributed",
+]
 
 logger = logging.getLogger(__name__)
 
 FAILURE_KEY = "failure"
 IDLE_KEY = "idle"
+
+
+def is_distributed() -> bool:
+    """Whether this process is one of several ranks of an initialised process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class CaseFailuresError(RuntimeError):
@@ -143,7 +156,7 @@ class CaseEvaluator(SupervisedEvaluator):
         self.failures = []
         super().run(global_epoch)
         failures, n_cases = self.failures, self.n_cases
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if is_distributed():
             gathered: list[Sequence] = [None] * dist.get_world_size()  # type: ignore[list-item]
             dist.all_gather_object(gathered, (failures, n_cases))  # also waits until every rank is done
             failures = [f for rank_failures, _ in gathered for f in rank_failures]

@@ -14,7 +14,7 @@ import logging
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-from .engines import FAILURE_KEY
+from .engines import FAILURE_KEY, is_distributed
 from .evaluation import MONTAGE_CASES, case_panels, case_record, write_report
 from .io.outputs import rebuild_index
 
@@ -29,10 +29,6 @@ def _cases(engine: Engine) -> list[dict]:
     output, batch = engine.state.output or [], engine.state.batch
     batch = batch if isinstance(batch, list) and len(batch) == len(output) else [{}] * len(output)
     return [{**b, **o} for b, o in zip(batch, output) if isinstance(o, dict) and o.get("pred") is not None]
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class CaseIndexHandler:
@@ -92,7 +88,7 @@ class EvaluationReport:
 
     def write(self, engine: Engine) -> None:
         records, shown, failed = self.records, self.shown, self.failed
-        if _distributed():
+        if is_distributed():
             gathered: list = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, (records, shown, failed))
             records = [r for part in gathered for r in part[0]]

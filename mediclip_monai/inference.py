@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import torch.distributed as dist
 
 from .data.cases import find_cases
+from .engines import is_distributed
 from .io.outputs import assign_output_names, is_complete
 from .networks import MediCLIP, load_mediclip
 
@@ -27,10 +28,6 @@ logger = logging.getLogger(__name__)
 def load_trained_model(ckpt_path: str, device: str = "cpu", clip_checkpoint: str | None = None) -> MediCLIP:
     """Rebuild the network recorded in ``ckpt_path`` with its trained weights (see ``networks.load_mediclip``)."""
     return load_mediclip(ckpt_path, clip_checkpoint=clip_checkpoint, device=device)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def plan_cases(input: str, output_dir: str, overwrite: bool = False, identity: Mapping | None = None) -> list[dict]:
@@ -48,9 +45,9 @@ def plan_cases(input: str, output_dir: str, overwrite: bool = False, identity: M
         identity: what a finished case must match to be skipped (see ``io.outputs.is_complete``).
     """
     plan = None
-    if not _distributed() or dist.get_rank() == 0:
+    if not is_distributed() or dist.get_rank() == 0:
         plan = _plan(input, output_dir, overwrite, identity)
-    if _distributed():
+    if is_distributed():
         box = [plan]
         dist.broadcast_object_list(box, src=0)
         plan = box[0]
@@ -63,7 +60,7 @@ def _plan(input: str, output_dir: str, overwrite: bool, identity: Mapping | None
     try:
         cases = assign_output_names(find_cases(input), output_dir)
     except Exception as error:
-        if not _distributed():
+        if not is_distributed():
             raise
         return error
     pending = [c for c in cases if overwrite or not is_complete(os.path.join(output_dir, c.name), c.source, identity)]
