@@ -5,7 +5,9 @@ BMP, TIFF) into one channel-first float32 `MetaTensor`: ``(1, H, W)`` for 2D, ``
 3D, with MONAI's RAS affine and ``filename_or_obj`` in its meta. It goes through MONAI's own readers
 (`NibabelReader`, `PydicomReader`, `PILReader`, called by `monai.transforms.LoadImage`); SimpleITK
 reads DICOM series that PydicomReader cannot stack (missing or shuffled InstanceNumber),
-multi-frame DICOM, and NRRD/MetaImage files.
+multi-frame DICOM, and NRRD/MetaImage files. Which files form a DICOM series, their order and their
+grid come from one scanner (`mediclip_monai.data.dicom`); a series with a missing slice or uneven
+spacing is refused with a clear error, since no affine could place its voxels.
 
 Orientation convention (what the model sees; the same for training and inference):
 
@@ -37,6 +39,7 @@ from monai.data import MetaTensor, NibabelReader, PILReader, PydicomReader
 from monai.transforms import LoadImage, Resize
 
 from mediclip_monai.data.datalists import DataError, format_problems
+from mediclip_monai.data.dicom import scan_dicom_series
 
 __all__ = [
     "DICOM_SUFFIXES",
@@ -268,81 +271,57 @@ def _read_dicom_file(path: Path) -> MetaTensor:
 
 
 def _read_dicom_series(folder: Path) -> MetaTensor:
-    """One DICOM series in a folder -> (1, X, Y, Z) volume (PydicomReader layout, RAS affine)."""
-    headers = []
-    for f in sorted(folder.iterdir()):
-        if not f.is_file() or f.name.startswith("."):
-            continue
-        try:
-            ds = _dicom_header(f)
-        except Exception:  # noqa: BLE001, S112 - README files, thumbnails: not part of the series
-            continue
-        if "Rows" in ds:  # image objects only (not DICOMDIR, SR, ...)
-            headers.append((f, ds))
-    if not headers:
-        raise DataError(f"{folder}: folder holds no DICOM image files")
-    series: dict[str, list] = {}
-    for f, ds in headers:
-        series.setdefault(str(getattr(ds, "SeriesInstanceUID", "")), []).append((f, ds))
-    if len(series) > 1:
-        desc = ", ".join(f"{len(v)} files of series ...{uid[-12:]}" for uid, v in series.items())
-        raise DataError(
-            f"{folder}: folder holds {len(series)} DICOM series ({desc}); give one series per folder"
-        )
-    uid, members = next(iter(series.items()))
-    if len(members) == 1:
-        return _read_dicom_file(members[0][0])
-    if _pydicom_can_stack([ds for _, ds in members]):
+    """One DICOM series in a folder -> (1, X, Y, Z) volume (PydicomReader layout, RAS affine).
+
+    The scanner (`mediclip_monai.data.dicom`) picks the series' files and judges their geometry; a
+    series that is not one regular grid (missing slice, uneven spacing, ...) is refused, because no
+    single affine could place its voxels.
+    """
+    series = scan_dicom_series(folder)
+    if len(series.files) == 1:
+        return _read_dicom_file(series.files[0])
+    series.check_regular_grid()
+    if not series.numbering_problem:
         # Restrict PydicomReader to the image files of this series (it globs the whole folder).
-        pattern = "|".join(re.escape(os.path.join(str(folder), f.name)) for f, _ in members)
+        pattern = "|".join(re.escape(os.path.join(str(folder), f.name)) for f in series.files)
         try:
             return _load(folder, reader=PydicomReader(fname_regex=f"(?:{pattern})$"))
         except Exception as e:  # noqa: BLE001 - any reader failure gets a second chance with GDCM
-            logger.debug("PydicomReader failed on series %s (%s); trying SimpleITK", folder, e)
+            logger.info("%s: PydicomReader could not read the series (%s); trying SimpleITK", folder, _short(e))
     else:
-        logger.info("%s: slices not ordered by InstanceNumber; reading the series with SimpleITK", folder)
-    return _read_itk(folder, squeeze_single_slice=False, series_uid=uid or None)
-
-
-def _pydicom_can_stack(headers: Sequence) -> bool:
-    """PydicomReader stacks slices by InstanceNumber and takes geometry from the first and last.
-
-    That is right only when every slice has the geometry tags, the same size and orientation, and
-    positions that move evenly along the slice normal in InstanceNumber order.
-    """
+        logger.info(
+            "%s: %s, so PydicomReader (which stacks by InstanceNumber) would misplace slices; "
+            "reading the series with SimpleITK in position order",
+            folder,
+            series.numbering_problem,
+        )
+    img = _read_itk(folder, squeeze_single_slice=False, files=series.files)
     try:
-        numbers = [int(ds.InstanceNumber) for ds in headers]
-        if len(set(numbers)) != len(numbers):
-            return False
-        size = {(int(ds.Rows), int(ds.Columns)) for ds in headers}
-        iop = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in headers])
-        ipp = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in headers])
-    except (AttributeError, TypeError, ValueError):
-        return False
-    if len(size) != 1 or not np.allclose(iop, iop[0], atol=1e-4):
-        return False
-    normal = np.cross(iop[0, :3], iop[0, 3:])
-    pos = (ipp @ normal)[np.argsort(numbers)]
-    steps = np.diff(pos)
-    if np.any(np.abs(steps) < 1e-6) or not (np.all(steps > 0) or np.all(steps < 0)):
-        return False
-    return bool(np.allclose(steps, steps.mean(), rtol=0.01, atol=1e-3))
+        series.voxel_order(img.affine, img.shape[1:])
+    except ValueError as e:  # e.g. tilted slices: an ITK image has orthogonal axes
+        raise DataError(
+            f"{folder}: SimpleITK's volume of this series does not lie on its slice positions (tilted slices?); "
+            "with InstanceNumbers in position order it is read by PydicomReader instead"
+        ) from e
+    return img
 
 
-def _read_itk(path: Path, squeeze_single_slice: bool, series_uid: str | None = None) -> MetaTensor:
-    """Read with SimpleITK (series folder, multi-frame DICOM, NRRD/MHA) into MONAI's conventions.
+def _read_itk(path: Path, squeeze_single_slice: bool, files: Sequence[Path] = ()) -> MetaTensor:
+    """Read with SimpleITK (DICOM series files, multi-frame DICOM, NRRD/MHA) into MONAI's conventions.
 
     Volumes come out in ITK index order (x, y, z) like MONAI's other readers; a single-slice DICOM
     comes out as a 2D (rows, columns) image. The affine is converted from ITK's LPS to RAS.
+
+    Args:
+        path: the file, or the series folder (named in messages).
+        squeeze_single_slice: a one-slice volume becomes a 2D image.
+        files: the series' files in slice order, for a folder (`scan_dicom_series` gives them).
     """
     import SimpleITK as sitk
 
-    if path.is_dir():
+    if files:
         reader = sitk.ImageSeriesReader()
-        names = reader.GetGDCMSeriesFileNames(str(path), series_uid or "")
-        if not names:
-            raise DataError(f"{path}: folder holds no DICOM series SimpleITK can read")
-        reader.SetFileNames(names)
+        reader.SetFileNames([str(f) for f in files])
         image = reader.Execute()
     else:
         image = sitk.ReadImage(str(path))

@@ -37,7 +37,6 @@ from monai.transforms import MapTransform
 from ..data.cases import Case
 from .atomic import atomic_write
 from .writers import (
-    read_dicom_series,
     write_anomaly_map,
     write_anomaly_mask,
     write_dicom_seg,
@@ -233,7 +232,7 @@ class SaveCaseOutputsd(MapTransform):
             write_slicer_segmentation(staging / files["segmentation"], mask, affine)
             if os.path.isdir(source) and mask.ndim == 3:
                 files["dicom_seg"] = f"{name}_anomaly_seg.dcm"
-                write_dicom_seg(staging / files["dicom_seg"], mask, read_dicom_series(source), affine=affine)
+                write_dicom_seg(staging / files["dicom_seg"], mask, source, affine=affine)
             manifest = {
                 "name": name,
                 "source": source,

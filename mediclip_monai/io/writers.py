@@ -25,6 +25,7 @@ grid to the series geometrically, so any reader's order works.
 
 from __future__ import annotations
 
+import copy
 import csv
 import importlib.metadata
 import os
@@ -34,6 +35,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..data.datalists import DataError
+from ..data.dicom import DicomSeries, scan_dicom_series, series_affine, series_from_datasets
 from .atomic import atomic_write
 
 __all__ = [
@@ -217,141 +220,78 @@ def write_slicer_segmentation(
 # --- DICOM -------------------------------------------------------------------------------------------
 
 
-def _has_geometry(ds) -> bool:
-    return "ImageOrientationPatient" in ds and "ImagePositionPatient" in ds
-
-
-def _orientation(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row direction, column direction, slice normal) in LPS, unit vectors."""
-    iop = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
-    row_dir, col_dir = iop[:3], iop[3:]
-    return row_dir, col_dir, np.cross(row_dir, col_dir)
-
-
-def _sort_along_normal(datasets: Sequence) -> list:
-    """The datasets of one series sorted by position along the slice normal (ascending)."""
-    datasets = list(datasets)
-    if not datasets:
-        raise ValueError("no DICOM datasets given")
-    if not all(_has_geometry(ds) for ds in datasets):
-        if len(datasets) > 1:
-            raise ValueError(
-                "a multi-slice series needs ImageOrientationPatient and ImagePositionPatient on every slice"
-            )
-        return datasets
-    row_dir, col_dir, normal = _orientation(datasets[0])
-    for ds in datasets[1:]:
-        other = _orientation(ds)
-        if not (np.allclose(other[0], row_dir, atol=1e-4) and np.allclose(other[1], col_dir, atol=1e-4)):
-            raise ValueError("the slices of the series do not share one ImageOrientationPatient")
-    positions = [float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=np.float64))) for ds in datasets]
-    if len(set(np.round(positions, 4))) != len(positions):
-        # Several echoes/phases per position: one volume cannot hold them, so no mask maps onto them.
-        raise ValueError("two slices of the series share one position along the slice normal")
-    return [datasets[i] for i in np.argsort(positions)]
-
-
-def _slice_affine_ras(datasets: Sequence, first, last) -> np.ndarray:
-    """The RAS affine of a (cols, rows, slices) volume whose slice axis runs from ``first`` to ``last``.
-
-    Same construction as MONAI's PydicomReader after its i/j swap.
-    """
-    row_dir, col_dir, normal = _orientation(datasets[0])
-    row_spacing, col_spacing = (float(v) for v in datasets[0].PixelSpacing)
-    first_pos = np.asarray(first.ImagePositionPatient, dtype=np.float64)
-    last_pos = np.asarray(last.ImagePositionPatient, dtype=np.float64)
-    n = len(datasets)
-    lps = np.eye(4)
-    lps[:3, 0] = row_dir * col_spacing  # axis 0: column index, moves along a row
-    lps[:3, 1] = col_dir * row_spacing  # axis 1: row index, moves down a column
-    lps[:3, 2] = (last_pos - first_pos) / (n - 1) if n > 1 else normal
-    lps[:3, 3] = first_pos
-    return _RAS_TO_LPS @ lps
-
-
-def _pydicom_reader_affine(datasets: Sequence) -> np.ndarray:
-    """The affine MONAI's PydicomReader gives this series (slices in InstanceNumber order)."""
-    by_instance = sorted(datasets, key=lambda ds: int(ds.InstanceNumber))
-    return _slice_affine_ras(datasets, by_instance[0], by_instance[-1])
-
-
-def _check_instance_numbers_follow_position(sorted_datasets: Sequence) -> None:
-    numbers = np.asarray([int(ds.InstanceNumber) for ds in sorted_datasets])
-    steps = np.diff(numbers)
-    if len(numbers) > 1 and not (np.all(steps > 0) or np.all(steps < 0)):
-        raise ValueError(
-            "the series' InstanceNumbers do not follow the slice positions; MONAI's PydicomReader stacks "
-            "slices by InstanceNumber, so its volume does not match the series geometry. Load the series "
-            "with a reader that sorts by position (e.g. ITKReader) and pass that volume's `affine`."
-        )
-
-
-def _mask_to_series_grid(mask: np.ndarray, mask_affine: np.ndarray, series_affine: np.ndarray,
-                         series_shape: tuple[int, int, int]) -> np.ndarray:
-    """Reorder ``mask`` (voxel grid ``mask_affine``) onto the series grid by flips and axis swaps.
-
-    The two grids must be the same voxels up to axis order and direction (what any DICOM reader gives);
-    anything else (resampled, cropped, another series) is refused rather than silently misplaced.
-    """
-    voxel_map = np.linalg.solve(series_affine, mask_affine)  # mask voxel index -> series voxel index
-    linear, offset = voxel_map[:3, :3], voxel_map[:3, 3]
-    target_axis = np.argmax(np.abs(linear), axis=0)  # for each mask axis, the series axis it runs along
-    signs = np.sign(linear[target_axis, np.arange(3)])
-    expected = np.zeros((3, 3))
-    expected[target_axis, np.arange(3)] = signs
-    # Tolerances in voxels: loose enough for rounded DICOM positions and readers that estimate the
-    # slice step differently, far too tight to accept another axis order or a one-voxel shift.
-    if sorted(target_axis.tolist()) != [0, 1, 2] or not np.allclose(linear, expected, atol=1e-2):
-        raise ValueError("the mask's affine is not the DICOM series' voxel grid up to axis order and flips")
-    for mask_axis, (axis, sign) in enumerate(zip(target_axis, signs)):
-        start = 0.0 if sign > 0 else series_shape[axis] - 1.0
-        if mask.shape[mask_axis] != series_shape[axis] or abs(offset[axis] - start) > 0.25:
-            raise ValueError(
-                f"mask of shape {mask.shape} does not cover the DICOM series grid {series_shape} "
-                "(columns, rows, slices)"
-            )
-    flipped = np.flip(mask, axis=tuple(int(a) for a in np.flatnonzero(signs < 0)))
-    source_axis = np.argsort(target_axis)  # for each series axis, the mask axis that feeds it
-    return np.transpose(flipped, axes=tuple(int(a) for a in source_axis))
+# Type 2 attributes (required, may be empty) of the Patient, General Study and Image Plane modules that
+# highdicom's Segmentation reads from its first source image by plain attribute access; anonymised or
+# minimal exports often drop them altogether.
+_TYPE2_FROM_SOURCE = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "SliceThickness",
+)
+# Type 1 attributes without which a SEG cannot reference its source images.
+_REFERENCE_ATTRIBUTES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
 def read_dicom_series(folder: str | os.PathLike, stop_before_pixels: bool = False) -> list:
     """Read the DICOM image series in ``folder`` (not recursive) sorted along the slice normal.
 
-    Files that are not DICOM, and DICOM objects that are not images of the series (SEG, SR, ...), are
-    skipped. More than one image series in the folder is an error: which one was meant is unknowable.
+    The files are chosen by the scanner that reading uses too
+    (:func:`mediclip_monai.data.dicom.scan_dicom_series`): files that are not DICOM, and DICOM objects
+    that are not images (DICOMDIR, SR, SEG, ...), are skipped; more than one image series in the folder
+    is a ``DataError``: which one was meant is unknowable.
 
     Returns:
         list of ``pydicom.Dataset``, ascending position along ``row direction x column direction``.
     """
-    import pydicom
+    return list(scan_dicom_series(folder, pixels=not stop_before_pixels).datasets)
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise NotADirectoryError(f"not a folder: {folder}")
-    datasets = []
-    for file in sorted(folder.iterdir()):
-        if not file.is_file():
-            continue
-        try:
-            ds = pydicom.dcmread(file, stop_before_pixels=stop_before_pixels)
-        except pydicom.errors.InvalidDicomError:
-            continue
-        if "Rows" not in ds or "SegmentSequence" in ds:
-            continue
-        datasets.append(ds)
-    if not datasets:
-        raise FileNotFoundError(f"no DICOM images in {folder}")
-    series = {ds.get("SeriesInstanceUID") for ds in datasets}
-    if len(series) > 1:
-        raise ValueError(f"{folder} holds {len(series)} DICOM series; give one series per folder")
-    return _sort_along_normal(datasets)
+
+def _source_series(source) -> DicomSeries:
+    if isinstance(source, DicomSeries):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return scan_dicom_series(source)
+    return series_from_datasets(source)
+
+
+def _check_source(series: DicomSeries) -> None:
+    """The type 1 attributes a SEG needs from its source images, present on each (DataError otherwise)."""
+    for i, ds in enumerate(series.datasets):
+        missing = [name for name in _REFERENCE_ATTRIBUTES if not ds.get(name)]
+        if "ImageOrientationPatient" in ds and not ds.get("PixelSpacing"):
+            missing.append("PixelSpacing")  # a SEG's frames in patient space need it
+        if missing:
+            where = series.files[i] if series.files else series.name()
+            raise DataError(f"{where}: no {', '.join(missing)}, which a DICOM SEG takes from its source images")
+
+
+def _with_type2_attributes(datasets: Sequence) -> list:
+    """The source datasets, the first one replaced by a copy holding empty values for absent type 2 attributes.
+
+    highdicom reads these attributes from the first source image alone; the caller's datasets (and
+    files) are never modified.
+    """
+    first = datasets[0]
+    missing = [name for name in _TYPE2_FROM_SOURCE if name not in first]
+    if not missing:
+        return list(datasets)
+    patched = copy.deepcopy(first)
+    for name in missing:
+        setattr(patched, name, "")
+    return [patched, *datasets[1:]]
 
 
 def write_dicom_seg(
     path: str | os.PathLike,
     mask,
-    source_datasets: Sequence,
+    source_datasets,
     segment_label: str = "anomaly",
     affine=None,
 ) -> Path:
@@ -361,8 +301,8 @@ def write_dicom_seg(
         path: destination, normally ``<name>/<name>_anomaly_seg.dcm``.
         mask: binary mask of the series in MONAI's array order, ``(columns, rows, slices)`` (see the
             module docstring); a single-image input may be 2D ``(columns, rows)``.
-        source_datasets: the series' ``pydicom.Dataset`` objects, in any order
-            (:func:`read_dicom_series` gives them).
+        source_datasets: the series: its folder, its `DicomSeries` (:func:`scan_dicom_series`), or its
+            ``pydicom.Dataset`` objects in any order (:func:`read_dicom_series` gives them).
         segment_label: the segment's label.
         affine: optional 4x4 RAS affine of the volume the mask lives on (``MetaTensor.affine``). When
             given, mask slices are matched to source instances geometrically, so any reader's axis order
@@ -371,11 +311,21 @@ def write_dicom_seg(
 
     The SEG is BINARY with one segment (algorithm type AUTOMATIC, algorithm "MediCLIP"); each frame
     references the source instance it lies on, and empty frames are omitted (highdicom's default).
+    Type 2 attributes that an anonymised or minimal source lacks (patient, study, SliceThickness) are
+    written empty.
+
+    Raises:
+        DataError: the series is not one regular grid (missing slice, uneven spacing, ...), or its
+            images lack type 1 attributes a SEG needs (UIDs, PixelSpacing).
+        ValueError: the mask is not on the series' voxel grid.
     """
     import highdicom as hd
     from pydicom.sr.coding import Code
 
-    datasets = _sort_along_normal(source_datasets)
+    series = _source_series(source_datasets)
+    series.check_regular_grid()
+    _check_source(series)
+    datasets = list(series.datasets)
     first = datasets[0]
     if int(first.get("NumberOfFrames", 1) or 1) > 1:
         raise ValueError("multi-frame source images are not supported; give a series of single-frame images")
@@ -383,22 +333,23 @@ def write_dicom_seg(
     _check_spatial(data, "mask")
     if data.ndim == 2:
         data = data[..., None]
-    series_shape = (int(first.Columns), int(first.Rows), len(datasets))
 
-    if _has_geometry(first):
-        series_affine = _slice_affine_ras(datasets, datasets[0], datasets[-1])
-        if affine is None:
-            _check_instance_numbers_follow_position(datasets)
-            mask_affine = _pydicom_reader_affine(datasets)
-        else:
+    if series.affine is not None:
+        if affine is not None:
             mask_affine = _affine_4x4(affine, 3)
-        if len(datasets) == 1:
-            # A single slice has no slice step; readers fill that column arbitrarily.
-            mask_affine = mask_affine.copy()
-            mask_affine[:3, 2] = series_affine[:3, 2]
-        data = _mask_to_series_grid(data, mask_affine, series_affine, series_shape)
-    elif data.shape != series_shape:
-        raise ValueError(f"mask of shape {data.shape} does not match the image (columns, rows) {series_shape}")
+        elif series.numbering_problem:
+            raise ValueError(
+                f"{series.name()}: {series.numbering_problem}; MONAI's PydicomReader stacks slices by "
+                "InstanceNumber, so its volume does not match the series geometry. Load the series with a "
+                "reader that sorts by position (e.g. ITKReader) and pass that volume's `affine`."
+            )
+        else:  # the affine MONAI's PydicomReader gives the series (slices in InstanceNumber order)
+            by_number = sorted(datasets, key=lambda ds: int(ds.InstanceNumber)) if len(datasets) > 1 else datasets
+            mask_affine = series_affine(by_number)
+        axes, flipped = series.voxel_order(mask_affine, data.shape)
+        data = np.transpose(np.flip(data, flipped), axes)
+    elif data.shape != series.shape:
+        raise ValueError(f"mask of shape {data.shape} does not match the image (columns, rows) {series.shape}")
 
     # (columns, rows, slices) -> frames (slices, rows, columns), frame k on source instance k.
     frames = np.ascontiguousarray(np.transpose(data, (2, 1, 0)).astype(np.uint8))
@@ -418,7 +369,7 @@ def write_dicom_seg(
     source_series_number = first.get("SeriesNumber")
     series_number = (int(source_series_number) if source_series_number not in (None, "") else 0) + 1000
     seg = hd.seg.Segmentation(
-        source_images=datasets,
+        source_images=_with_type2_attributes(datasets),
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],

@@ -328,6 +328,65 @@ def test_read_nrrd_matches_the_same_nifti(tmp_path):
     np.testing.assert_allclose(a.affine.numpy(), b.affine.numpy(), atol=1e-5)
 
 
+def test_dicom_series_with_a_missing_slice_or_uneven_spacing_is_refused_with_the_reason(tmp_path, caplog):
+    stored = np.random.default_rng(3).integers(0, 1000, (6, 5, 4)).astype(np.int16)
+    gap = _write_series(tmp_path / "gap", stored, gap=2.5)
+    (gap / "slice003.dcm").unlink()
+    with caplog.at_level("DEBUG", logger="mediclip_monai"):
+        with pytest.raises(DataError) as error:
+            read_image(gap)
+    message = str(error.value)
+    assert message.startswith(f"{gap}: ")
+    assert "slices 3-4 (slice002.dcm, slice004.dcm) are 5 mm apart, the others 2.5 mm (1 slice missing?)" in message
+    assert "export the complete series again" in message
+    assert not [r for r in caplog.records if "InstanceNumber" in r.getMessage()]  # no misleading reason
+
+    uneven = _write_series(tmp_path / "uneven", stored, gap=2.5)
+    for f in sorted(uneven.glob("*.dcm"))[4:]:  # the last two slices 1 mm further on
+        ds = pydicom.dcmread(f)
+        ds.ImagePositionPatient[2] = float(ds.ImagePositionPatient[2]) + 1.0
+        ds.save_as(f)
+    with pytest.raises(DataError, match=r"uneven: .*slices 4-5 \(slice003.dcm, slice004.dcm\) are 3.5 mm apart"):
+        read_image(uneven)
+
+
+@pytest.mark.parametrize("numbers", [[3, 1, 4, 2], [1, 2, None, 4]], ids=["shuffled", "one_missing"])
+def test_dicom_series_numbered_out_of_position_order_reads_on_the_right_grid(tmp_path, caplog, numbers):
+    stored = np.random.default_rng(4).integers(0, 1000, (4, 5, 6)).astype(np.int16)
+    ordered = read_image(_write_series(tmp_path / "ordered", stored))
+    folder = _write_series(tmp_path / "numbered", stored, numbers=numbers)
+    if None in numbers:
+        ds = pydicom.dcmread(folder / "slice002.dcm")
+        del ds.InstanceNumber
+        ds.save_as(folder / "slice002.dcm")
+    with caplog.at_level("INFO", logger="mediclip_monai"):
+        volume = read_image(folder)
+    # SimpleITK in position order gives exactly PydicomReader's volume of the well-numbered series.
+    np.testing.assert_allclose(volume.affine.numpy(), ordered.affine.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(volume.numpy(), ordered.numpy())
+    reason = "InstanceNumbers do not follow the slice positions" if None not in numbers else "has no InstanceNumber"
+    assert any(reason in r.getMessage() and "SimpleITK" in r.getMessage() for r in caplog.records)
+
+
+def test_tilted_dicom_series_reads_on_its_sheared_grid_or_is_refused(tmp_path):
+    """Gantry tilt: each slice is also shifted along y. PydicomReader's affine holds the shear; an ITK image
+    cannot, so a tilted series that needs SimpleITK (numbers out of order) is refused, not misplaced."""
+    stored = np.random.default_rng(5).integers(0, 1000, (4, 5, 6)).astype(np.int16)
+    folder = _write_series(tmp_path / "tilted", stored)
+    for k, f in enumerate(sorted(folder.glob("*.dcm"))):
+        ds = pydicom.dcmread(f)
+        ds.ImagePositionPatient = [10.0, 20.0 + 0.5 * k, -30.0 + 2.0 * k]
+        ds.save_as(f)
+    volume = read_image(folder)
+    np.testing.assert_allclose(volume.affine.numpy() @ [0, 0, 3, 1], [-10.0, -21.5, -24.0, 1], atol=1e-5)
+    for f, number in zip(sorted(folder.glob("*.dcm")), [3, 1, 4, 2]):
+        ds = pydicom.dcmread(f)
+        ds.InstanceNumber = number
+        ds.save_as(f)
+    with pytest.raises(DataError, match="tilted: SimpleITK's volume of this series does not lie on its slice"):
+        read_image(folder)
+
+
 def test_volume_to_views_stacks_the_slices_of_volume_to_slices_and_inverts():
     from mediclip_monai.data.loading import views_to_volume, volume_to_views
 

@@ -4,6 +4,7 @@ highdicom: every instance referenced, every frame on the right source slice."""
 import random
 
 import highdicom as hd
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -11,7 +12,10 @@ from monai.transforms import LoadImage
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from mediclip_monai.io import read_dicom_series, write_dicom_seg
+from mediclip_monai.data.datalists import DataError
+from mediclip_monai.data.loading import read_image
+from mediclip_monai.io import read_dicom_series, write_anomaly_mask, write_dicom_seg
+from tests.dicom_series import PATIENT_AND_STUDY, strip
 
 ROWS, COLS, N_SLICES = 12, 16, 4  # rows != columns, so a transposed mask cannot pass
 PIXEL_SPACING = (0.8, 1.3)  # (between rows, between columns), anisotropic on purpose
@@ -214,3 +218,87 @@ def test_seg_refuses_a_mask_that_is_not_on_the_series_grid(tmp_path):
     with pytest.raises(ValueError, match="InstanceNumber"):
         write_dicom_seg(tmp_path / "bad.dcm", np.zeros((COLS, ROWS, N_SLICES)), scrambled)
     assert not (tmp_path / "bad.dcm").exists()
+
+
+# --- sources from anonymised or minimal exports, and series that are not one regular grid -------------
+
+# The type 2 attributes issue 10 names, each alone, then every patient/study one at once.
+ANONYMISED = ["PatientBirthDate", "PatientSex", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyID"]
+
+
+@pytest.mark.parametrize(
+    "removed", [[name] for name in ANONYMISED] + [list(PATIENT_AND_STUDY)], ids=[*ANONYMISED, "all"]
+)
+def test_an_anonymised_series_still_gets_a_seg_on_its_instances(tmp_path, removed):
+    folder = tmp_path / "series"
+    make_series(folder)
+    files = sorted(folder.glob("*.dcm"))
+    strip(files, removed)
+    on_disk = {f: f.read_bytes() for f in files}
+    volume = load_with_monai(folder)
+    mask = np.asarray(volume) >= FLAG
+
+    path = write_dicom_seg(tmp_path / "from_folder.dcm", mask, folder, affine=volume.affine)  # a folder works too
+    datasets = read_dicom_series(folder)
+    path_2 = write_dicom_seg(tmp_path / "from_datasets.dcm", mask, datasets, affine=volume.affine)
+
+    assert {f: f.read_bytes() for f in files} == on_disk  # the user's files are untouched
+    assert not any(name in ds for ds in datasets for name in removed)  # and so are the datasets given
+    for written in (path, path_2):
+        seg = hd.seg.segread(written)
+        references = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+        assert {item.ReferencedSOPInstanceUID for item in references} == {ds.SOPInstanceUID for ds in datasets}
+        frames = _seg_frames_by_source(seg)
+        for ds in datasets:
+            np.testing.assert_array_equal(frames[ds.SOPInstanceUID], ds.pixel_array >= FLAG)
+        raw = pydicom.dcmread(written)
+        assert raw.StudyInstanceUID == datasets[0].StudyInstanceUID
+        for name in removed:  # type 2: present and empty
+            assert name in raw and raw[name].value in ("", None)
+
+
+def test_a_source_without_the_uids_a_seg_references_is_a_clear_error(tmp_path):
+    folder = tmp_path / "series"
+    make_series(folder)
+    strip([folder / "slice_02.dcm"], ["StudyInstanceUID"])
+    with pytest.raises(DataError, match=r"slice_02.dcm: no StudyInstanceUID, which a DICOM SEG takes from"):
+        write_dicom_seg(tmp_path / "seg.dcm", np.zeros((COLS, ROWS, N_SLICES)), folder)
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_a_series_with_a_missing_slice_gets_no_seg(tmp_path):
+    folder = tmp_path / "series"
+    make_series(folder)
+    source = read_dicom_series(folder)
+    (folder / "slice_01.dcm").unlink()
+    for given in (folder, [ds for ds in source if ds.InstanceNumber != 2]):
+        with pytest.raises(DataError, match=r"slices 1-2 \(slice_00.dcm, slice_02.dcm\) are 5 mm apart"):
+            write_dicom_seg(tmp_path / "seg.dcm", np.zeros((COLS, ROWS, N_SLICES - 1)), given)
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_a_shuffled_series_read_by_simpleitk_gives_a_seg_and_a_nifti_that_agree(tmp_path):
+    folder = tmp_path / "series"
+    made = make_series(folder)
+    for f, number in zip(sorted(folder.glob("*.dcm")), [3, 1, 4, 2]):
+        ds = pydicom.dcmread(f)
+        ds.InstanceNumber = number
+        ds.save_as(f)
+    volume = read_image(folder)  # SimpleITK, in position order
+    mask = volume[0].numpy() >= FLAG
+    seg = hd.seg.segread(write_dicom_seg(tmp_path / "seg.dcm", mask, folder, affine=volume.affine))
+    nifti = nib.load(write_anomaly_mask(tmp_path / "mask.nii.gz", mask, volume.affine))
+    truth = {ds.SOPInstanceUID: ds.pixel_array >= FLAG for ds in made}
+    frames = _seg_frames_by_source(seg)
+    to_voxel = np.linalg.inv(nifti.affine)
+    nifti_mask = np.asarray(nifti.dataobj)
+    for ds in made:
+        np.testing.assert_array_equal(frames[ds.SOPInstanceUID], truth[ds.SOPInstanceUID])
+        # the NIfTI voxel at each source pixel's world position holds that pixel's mask value
+        row_dir, col_dir = np.asarray(ds.ImageOrientationPatient, float).reshape(2, 3)
+        ipp = np.asarray(ds.ImagePositionPatient, float)
+        for r, c in [(0, 0), (ROWS - 1, COLS - 1), (5, 3), (2, 11)]:
+            lps = ipp + c * PIXEL_SPACING[1] * row_dir + r * PIXEL_SPACING[0] * col_dir
+            index = (to_voxel @ [-lps[0], -lps[1], lps[2], 1.0])[:3]
+            assert np.allclose(index, index.round(), atol=1e-3)
+            assert nifti_mask[tuple(index.round().astype(int))] == truth[ds.SOPInstanceUID][r, c]
