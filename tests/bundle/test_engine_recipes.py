@@ -158,13 +158,13 @@ def test_a_rerun_skips_complete_cases_unless_overwrite_or_another_threshold(tmp_
 
 def test_a_case_failing_half_way_leaves_no_outputs_and_is_reported(tmp_path):
     write_volume(tmp_path / "in" / "good.nii.gz")
-    # two slices of this series share a position: it reads as a volume, its NIfTI outputs are written, and
-    # its DICOM SEG (the last writer) cannot say which slice is which
-    series = write_dicom_series(tmp_path / "in" / "doubled", brain_like_volume((3, 12, 10)))
-    files = sorted(series.iterdir())
-    moved = pydicom.dcmread(str(files[2]))
-    moved.ImagePositionPatient = pydicom.dcmread(str(files[1])).ImagePositionPatient
-    moved.save_as(str(files[2]))
+    # this series has no StudyInstanceUID: it reads as a volume and its NIfTI outputs are written, but its
+    # DICOM SEG (the last writer) cannot reference a study
+    series = write_dicom_series(tmp_path / "in" / "no_study", brain_like_volume((3, 12, 10)))
+    for file in series.iterdir():
+        ds = pydicom.dcmread(str(file))
+        del ds.StudyInstanceUID
+        ds.save_as(str(file))
     with pytest.raises(RuntimeError) as error:
         stub_inference(tmp_path, tmp_path / "in", tmp_path / "out")
     cause = root_cause(error.value)

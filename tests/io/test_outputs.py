@@ -12,6 +12,7 @@ import torch
 from monai.data import MetaTensor
 
 from mediclip_monai.data.cases import Case
+from mediclip_monai.data.datalists import DataError
 from mediclip_monai.io.outputs import SaveCaseOutputsd, assign_output_names, is_complete, rebuild_index
 from mediclip_monai.transforms import AnomalyScored
 
@@ -53,7 +54,7 @@ def test_a_case_failing_half_way_leaves_nothing(tmp_path):
     out = tmp_path / "out"
     not_a_series = tmp_path / "ct"  # a folder source gets a DICOM SEG, the last writer; it holds no DICOM
     not_a_series.mkdir()
-    with pytest.raises(FileNotFoundError, match="no DICOM images"):
+    with pytest.raises(DataError, match="no DICOM image"):
         SaveCaseOutputsd(str(out))(postprocessed("ct", str(not_a_series)))
     assert os.listdir(out) == []  # no case folder, no staging folder
 
