@@ -17,14 +17,14 @@ import time
 
 import torch
 from monai.data import DataLoader, Dataset
-from monai.transforms import Compose, EnsureTyped, NormalizeIntensityd, RepeatChanneld
+from monai.transforms import Compose, EnsureTyped
 from monai.utils import set_determinism
 
-from mediclip_monai.inferers import CLIP_MEAN, CLIP_STD
+from mediclip_monai.data.resolve import resolve_datalist
 from mediclip_monai.losses import MediCLIPLoss
 from mediclip_monai.networks import MediCLIP
-from mediclip_monai.training import prepare_few_shot_data, resolve_datalist
-from mediclip_monai.transforms import RandAnomalySynthesisd
+from mediclip_monai.training import prepare_few_shot_data
+from mediclip_monai.transforms import ClipInputd, RandAnomalySynthesisd
 
 
 def bench(clip_model: str, data, steps: int, num_workers: int, batch_size: int) -> dict:
@@ -35,8 +35,7 @@ def bench(clip_model: str, data, steps: int, num_workers: int, batch_size: int) 
     transform = Compose(
         [
             RandAnomalySynthesisd(keys="image", support_images=data.support_images),
-            RepeatChanneld(keys="image", repeats=3),
-            NormalizeIntensityd(keys="image", subtrahend=CLIP_MEAN, divisor=CLIP_STD, channel_wise=True),
+            ClipInputd(keys="image", mean=network.input_contract.mean, std=network.input_contract.std),
             EnsureTyped(keys=["image", "label"], dtype=torch.float32, track_meta=False),
         ]
     )

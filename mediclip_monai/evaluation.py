@@ -1,9 +1,11 @@
-"""Evaluation runs of the bundle (bundle/configs/evaluate.json) on a labelled test datalist.
+"""Evaluation reports of the bundle (bundle/configs/evaluate.json): metrics.json, cases.csv, roc.png and
+montage.png, from what ``handlers.EvaluationReport`` collects during the evaluator's run.
 
-As in MediCLIP's protocol: maps are computed at the network's resolution (224 x 224), the image score is
-the map's maximum, pixel metrics pool every test pixel (normal images count as all-normal masks) and
-truth masks are resized nearest and binarised. Writes ``metrics.json``, ``cases.csv``, ``roc.png`` and
-``montage.png`` (the highest- and lowest-scoring cases: image, truth outline, map).
+Protocol (MediCLIP, arXiv 2405.11315): every case is put on the model grid (``transforms.ModelGridd``:
+every axial slice at the network's input size, 224 x 224 for ViT-L-14, images bilinear, masks nearest and
+binarised at 0.5), the anomaly maps are computed there, the image score is the map's maximum, and pixel
+metrics pool every slice of every test case (normal images count as all-normal masks; abnormal images
+without a mask count in the image metrics only). AUPRO integrates up to 30% false-positive rate.
 """
 
 from __future__ import annotations
@@ -12,99 +14,113 @@ import csv
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch.nn.functional as F
-from tqdm import tqdm
+import torch
 
-from .data.datalists import DataError, load_datalist
-from .data.loading import read_image, scale_intensity
-from .inferers import SliceWiseInferer, axial_views
 from .io.atomic import atomic_write
-from .metrics import image_auroc, max_f1, overlay_montage, pixel_aupro, pixel_auroc, plot_roc
+from .metrics import overlay_montage, plot_roc
+
+__all__ = ["MONTAGE_CASES", "case_panels", "case_record", "write_report"]
 
 logger = logging.getLogger(__name__)
+
+# Rows of the montage: the highest- and the lowest-scoring cases.
 MONTAGE_CASES = 4
+PROTOCOL = (
+    "maps at the network's input size on every axial slice; image score = map maximum; masks resized "
+    "nearest, >= 0.5 anomalous; pixel metrics pooled over all slices; AUPRO up to 30% FPR"
+)
 
 
-def _case_maps(inferer: SliceWiseInferer, item: dict) -> dict:
-    """Image slices in [0, 1], anomaly maps and truth masks of one test case, all at the model resolution."""
-    size = inferer.image_size
-    image = read_image(item["image"])
-    _, slices = axial_views(scale_intensity(image))
-    maps = inferer.slice_maps(slices, output_size=size).numpy()
-    images = F.interpolate(slices[:, None], size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
-    masks = None
-    if item.get("label"):
-        _, label_slices = axial_views(read_image(item["label"]))
-        if label_slices.shape != slices.shape:
-            raise DataError(
-                f"{item['label']}: mask shape {tuple(label_slices.shape)} differs from image {tuple(slices.shape)}"
-            )
-        masks = F.interpolate(label_slices[:, None], size=size, mode="nearest")[:, 0].numpy() > 0.5
-    abnormal = item.get("abnormal")
-    if abnormal is None:
-        if masks is None:
-            raise DataError(f"{item['image']}: test entry has neither 'abnormal' nor 'label'")
-        abnormal = int(masks.any())
-    if masks is None and int(abnormal) == 0:
-        masks = np.zeros(maps.shape, dtype=bool)  # a normal image is an all-normal mask
-    return {"images": images, "maps": maps, "masks": masks, "abnormal": int(abnormal)}
-
-
-def evaluate(datalist: str, output_dir: str, inferer: SliceWiseInferer, section: str = "test") -> dict:
-    """Score every case of ``section`` and write the metrics, the per-case CSV and the pictures.
-
-    Returns the metrics: image_auroc, image_max_f1, and when masks exist pixel_auroc and pixel_aupro
-    (per-region overlap up to 30% false-positive rate). Percent-free, in [0, 1].
-    """
-    items = load_datalist(datalist, section)
-    cases = []
-    for item in tqdm(items, desc="evaluation", unit="case"):
-        result = _case_maps(inferer, item)
-        flat_max = int(result["maps"].reshape(len(result["maps"]), -1).max(axis=1).argmax())
-        cases.append(
-            {"name": os.path.basename(item["image"]), "score": float(result["maps"].max()), "slice": flat_max, **result}
-        )
-    labels = np.array([c["abnormal"] for c in cases])
-    scores = np.array([c["score"] for c in cases])
-    metrics = {
-        "n_cases": len(cases),
-        "n_abnormal": int(labels.sum()),
-        "image_auroc": image_auroc(labels, scores),
-        "image_max_f1": max_f1(labels, scores),
+def case_record(case: Mapping) -> dict:
+    """The per-case row of cases.csv from a postprocessed case (name, score, truth, mask, slice, decision)."""
+    return {
+        "name": str(case["name"]),
+        "score": float(case["score"]),
+        "abnormal": int(case["image_truth"]),
+        "has_mask": int(case.get("label") is not None),
+        "max_slice": case.get("max_slice"),
+        "decision": case["decision"],
     }
-    with_masks = [c for c in cases if c["masks"] is not None]
-    if any(c["abnormal"] and c["masks"] is not None for c in cases):
-        masks = np.concatenate([c["masks"] for c in with_masks])
-        maps = np.concatenate([c["maps"] for c in with_masks])
-        metrics["pixel_auroc"] = pixel_auroc(masks, maps)
-        metrics["pixel_aupro"] = pixel_aupro(masks, maps, max_fpr=0.3)
-    metrics = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()}
 
+
+def _numpy(tensor) -> np.ndarray:
+    return np.asarray(torch.as_tensor(tensor).detach().cpu().float())
+
+
+def case_panels(case: Mapping) -> list[dict]:
+    """The slices a reviewer should see of a case on the model grid (``image``, ``pred``, ``label``).
+
+    A volume shows the slice with the most truth (when its mask has any) beside the slice of the
+    maximum; a 2D image shows itself.
+    """
+    image, anomaly_map, label = (case.get(key) for key in ("image", "pred", "label"))
+    image, anomaly_map = _numpy(image)[0], _numpy(anomaly_map)[0]
+    label = None if label is None else _numpy(label)[0] > 0
+    if image.ndim == 2:
+        return [{"image": image, "anomaly_map": anomaly_map, "label": label, "title": ""}]
+    shown = []
+    if label is not None and label.any():
+        shown.append((int(label.sum(axis=(0, 1)).argmax()), "most truth"))
+    max_slice = int(case["max_slice"])
+    if not shown or shown[0][0] != max_slice:
+        shown.append((max_slice, "maximum"))
+    return [
+        {
+            "image": image[..., k],
+            "anomaly_map": anomaly_map[..., k],
+            "label": None if label is None else label[..., k],
+            "title": f"slice {k} ({what})",
+        }
+        for k, what in shown
+    ]
+
+
+def _json_number(value):
+    return None if isinstance(value, float) and np.isnan(value) else value
+
+
+def write_report(
+    output_dir: str,
+    records: Sequence[Mapping],
+    metrics: Mapping[str, float],
+    montage_cases: Sequence[Mapping],
+    threshold: float | None = None,
+) -> dict:
+    """Write metrics.json, cases.csv, roc.png and montage.png of an evaluation into ``output_dir``.
+
+    Args:
+        records: one ``case_record`` per case.
+        metrics: the evaluator's metrics (``engine.state.metrics``), NaN where undefined.
+        montage_cases: the cases to show, each ``{"name", "score", "decision", "slices": case_panels(...)}``.
+        threshold: the mask threshold (drawn in the montage, recorded in metrics.json).
+
+    Returns:
+        the content of metrics.json.
+    """
     os.makedirs(output_dir, exist_ok=True)
+    labels = np.array([r["abnormal"] for r in records])
+    scores = np.array([r["score"] for r in records])
+    report = {
+        "n_cases": len(records),
+        "n_abnormal": int(labels.sum()),
+        **{name: _json_number(float(value)) for name, value in metrics.items()},
+        "threshold": threshold,
+        "protocol": PROTOCOL,
+    }
     with atomic_write(os.path.join(output_dir, "metrics.json")) as tmp, open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
+        json.dump(report, f, indent=2)
     with atomic_write(os.path.join(output_dir, "cases.csv")) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["name", "score", "abnormal", "has_mask", "max_slice"])
-        for c in cases:
-            writer.writerow([c["name"], f"{c['score']:.6f}", c["abnormal"], int(c["masks"] is not None), c["slice"]])
-    plot_roc(os.path.join(output_dir, "roc.png"), labels, scores, title=f"Image AUROC {metrics['image_auroc']}")
-    ranked = sorted(cases, key=lambda c: c["score"], reverse=True)
-    shown = ranked[:MONTAGE_CASES] + ranked[MONTAGE_CASES:][-MONTAGE_CASES:]
-    overlay_montage(
-        os.path.join(output_dir, "montage.png"),
-        [
-            {
-                "name": c["name"],
-                "image": c["images"][c["slice"]],
-                "anomaly_map": c["maps"][c["slice"]],
-                "label": None if c["masks"] is None else c["masks"][c["slice"]],
-                "score": c["score"],
-            }
-            for c in shown
-        ],
-    )
-    logger.info(f"evaluation of {len(cases)} case(s): {json.dumps(metrics)}")
-    return metrics
+        writer.writerow(["name", "score", "abnormal", "has_mask", "max_slice", "decision"])
+        for r in records:
+            max_slice = "" if r["max_slice"] is None else r["max_slice"]
+            writer.writerow([r["name"], f"{r['score']:.6f}", r["abnormal"], r["has_mask"], max_slice, r["decision"]])
+    auroc = report.get("image_auroc")
+    plot_roc(os.path.join(output_dir, "roc.png"), labels, scores, title=f"Image AUROC {auroc}")
+    if montage_cases:
+        overlay_montage(os.path.join(output_dir, "montage.png"), montage_cases, threshold=threshold)
+    logger.info(f"evaluation of {len(records)} case(s) in {output_dir}: {json.dumps(report)}")
+    return report

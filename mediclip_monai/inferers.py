@@ -1,103 +1,90 @@
-"""Slice-wise inference of 2D images and 3D volumes with the 2D MediCLIP network.
+"""Slice-wise inference of 2D images and 3D volumes with the 2D MediCLIP network, as a MONAI Inferer.
 
-A volume is cut into slices across its axial axis (the array axis closest to the body's
-superior-inferior direction) and each slice is shown in the radiological view used in training. Slices
-are resized to the network's input size and batched through the network; the anomaly channel is resized
-back and re-assembled on the input's own voxel grid: the map has exactly the input's shape, so it shares
-the input's affine.
+A volume is cut into slices across its axial axis (the array axis closest to the body's superior-inferior
+direction) and each slice is shown in the radiological view used in training (``data.loading``). Slices
+are resized to the network's input size, made into its input (``transforms.ClipInput`` with the
+network's own contract), batched through the network; the anomaly channel is resized back and
+re-assembled on the input's own voxel grid: the map has exactly the input's shape, so it shares the
+input's affine. A case already on the model grid (``transforms.ModelGridd``, evaluation) needs no
+resizing and gets its maps at the network's resolution.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.inferers import Inferer
+from monai.utils import convert_to_dst_type
 
-from .data.loading import scale_intensity, slices_to_volume, volume_to_slices
+from .data.loading import views_to_volume, volume_to_views
+from .transforms.preprocessing import ClipInput
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def to_clip_input(slices: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """N x h x w grayscale slices in [0, 1] -> N x 3 x S x S, resized bilinearly and CLIP-normalised."""
-    x = F.interpolate(slices[:, None].float(), size=image_size, mode="bilinear", align_corners=False)
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
-    return (x.expand(-1, 3, -1, -1) - mean) / std
+__all__ = ["SliceWiseInferer"]
 
 
-def axial_views(image: torch.Tensor) -> tuple[list[int], torch.Tensor]:
-    """Slice indices and N x h x w float32 views of a (1, H, W) image or (1, H, W, D) volume.
-
-    Every slice is kept, in the radiological view of ``data.loading.volume_to_slices`` (as in training).
-    """
-    slices = volume_to_slices(image, min_foreground=0.0)
-    views = torch.stack([torch.as_tensor(np.asarray(view[0]), dtype=torch.float32) for _, view in slices])
-    return [index for index, _ in slices], views
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-class SliceWiseInferer:
+class SliceWiseInferer(Inferer):
     """Anomaly maps of 2D images and 3D volumes on their own voxel grid.
 
     Args:
-        network: a MediCLIP network (B x 3 x S x S -> B x 2 x S x S probabilities), in eval mode.
         batch_size: slices per forward pass.
-        device: where the network runs.
-        amp: autocast on CUDA.
+
+    ``__call__(inputs, network)``:
+        inputs: ``B x 1 x H x W`` images or ``B x 1 x H x W x D`` volumes with intensities in [0, 1]
+            (``ScaleIntensityRobustd``); a MetaTensor's affine (per case in a collated batch) gives each
+            volume's axial axis. Any device: slices go to the network's device batch by batch.
+        network: a MediCLIP network (``B x 3 x S x S`` -> ``B x 2 x S x S`` probabilities; channel 1 is
+            the anomaly) in eval mode, whose ``input_contract`` gives S, mean and std. Autocast, when the
+            caller enables it, covers the network only.
+
+    Returns:
+        ``B x 1 x H x W [x D]`` float32 anomaly probabilities in [0, 1] on the inputs' grid and device,
+        with the inputs' metadata.
     """
 
-    def __init__(
-        self, network: torch.nn.Module, batch_size: int = 8, device: str | torch.device = "cpu", amp: bool = False
-    ):
-        self.network = network
+    def __init__(self, batch_size: int = 8) -> None:
+        super().__init__()
         self.batch_size = int(batch_size)
-        self.device = torch.device(device)
-        self.amp = bool(amp) and self.device.type == "cuda"
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 slice, got {batch_size}")
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return tuple(self.network.image_size)
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if inputs.ndim not in (4, 5) or inputs.shape[1] != 1:
+            raise ValueError(
+                f"expected B x 1 x H x W images or B x 1 x H x W x D volumes, got shape {tuple(inputs.shape)}"
+            )
+        affines = None
+        if inputs.ndim == 5:
+            affine = inputs.affine if isinstance(inputs, MetaTensor) else torch.eye(4, dtype=torch.float64)
+            affines = affine if affine.ndim == 3 else affine.expand(inputs.shape[0], 4, 4)
+        maps = torch.empty(inputs.shape, dtype=torch.float32, device=inputs.device)
+        with torch.no_grad():
+            for b in range(inputs.shape[0]):
+                affine = None if affines is None else affines[b]
+                views = volume_to_views(inputs[b], affine)  # N x 1 x rows x cols
+                maps[b] = views_to_volume(self.view_maps(views, network), affine)
+        return convert_to_dst_type(maps, inputs, dtype=torch.float32)[0]
 
-    @torch.no_grad()
-    def slice_maps(self, slices: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """N x h x w slices in [0, 1] -> N x h' x w' anomaly probabilities (h', w' = output_size or h, w)."""
-        output_size = tuple(output_size or slices.shape[-2:])
-        maps = []
-        for start in range(0, slices.shape[0], self.batch_size):
-            batch = to_clip_input(slices[start : start + self.batch_size].to(self.device), self.image_size)
-            with torch.autocast(self.device.type, enabled=self.amp):
-                probabilities = self.network(batch)
-            anomaly = probabilities[:, 1:2].float()
-            if anomaly.shape[-2:] != output_size:
-                anomaly = F.interpolate(anomaly, size=output_size, mode="bilinear", align_corners=False)
-            maps.append(anomaly[:, 0].clamp_(0, 1).cpu())
-        return torch.cat(maps)
-
-    def __call__(self, image: torch.Tensor) -> dict:
-        """Anomaly map of one image or volume.
-
-        Args:
-            image: channel-first (1, H, W) or (1, H, W, D), any intensity range (a MetaTensor's affine is
-                used to find the axial axis of a volume).
-
-        Returns:
-            {"anomaly_map": float32 numpy array of shape (H, W) or (H, W, D) in [0, 1] on the input's grid,
-             "score": the map's maximum, "max_slice": index along the axial axis of the maximum (None for 2D)}.
-            Slices are cut and shown to the network in the radiological view of
-            ``data.loading.volume_to_slices``, as in training, and put back by ``slices_to_volume``.
-        """
-        if image.ndim not in (3, 4) or image.shape[0] != 1:
-            raise ValueError(f"expected a (1, H, W) image or (1, H, W, D) volume, got shape {tuple(image.shape)}")
-        indices, views = axial_views(scale_intensity(image))
-        maps = self.slice_maps(views)
-        per_slice_max = maps.flatten(1).amax(dim=1)
-        if image.ndim == 3:
-            anomaly_map = maps[0].numpy()
-            return {"anomaly_map": anomaly_map, "score": float(per_slice_max[0]), "max_slice": None}
-        volume_map = slices_to_volume([(k, maps[i : i + 1]) for i, k in enumerate(indices)], image)
-        return {
-            "anomaly_map": np.ascontiguousarray(volume_map[0].numpy(), dtype=np.float32),
-            "score": float(per_slice_max.max()),
-            "max_slice": indices[int(per_slice_max.argmax())],
-        }
+    def view_maps(self, views: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
+        """N x 1 x h x w slices in [0, 1] -> N x 1 x h x w anomaly probabilities, on the slices' device."""
+        contract = getattr(network, "module", network).input_contract  # DistributedDataParallel: .module
+        clip_input = ClipInput(contract.mean, contract.std)
+        device = next(iter(network.parameters()), torch.empty(0)).device
+        out = torch.empty(views.shape, dtype=torch.float32, device=views.device)
+        for start in range(0, views.shape[0], self.batch_size):
+            batch = views[start : start + self.batch_size].to(device, torch.float32)
+            with torch.autocast(device.type, enabled=False):  # resizing and normalisation stay float32
+                batch = clip_input(_resize(batch, contract.image_size))
+            probabilities = network(batch)
+            with torch.autocast(device.type, enabled=False):
+                anomaly = _resize(probabilities[:, 1:2].float(), tuple(views.shape[-2:]))
+                out[start : start + self.batch_size] = anomaly.clamp_(0, 1).to(views.device)
+        return out

@@ -9,9 +9,10 @@ Where a metric is undefined because only one class is present (every test image 
 without any anomalous pixel), the functions return NaN and warn instead of raising, so an evaluation
 run on such data still finishes and logs the other metrics.
 
-The Ignite metrics (:class:`ImageAUROC`, :class:`PixelAUROC`) plug into MONAI's ``SupervisedEvaluator``
-as ``key_val_metric`` / ``additional_metrics``; they accumulate over iterations and gather across
-processes in distributed runs. From a bundle config::
+The Ignite metrics (:class:`ImageAUROC`, :class:`ImageMaxF1`, :class:`PixelAUROC`, :class:`PixelAUPRO`)
+plug into MONAI's ``SupervisedEvaluator`` as ``key_val_metric`` / ``additional_metrics``; they accumulate
+over iterations and gather across processes in distributed runs. Training validation and evaluation use
+the same ones, and the image score is ``scoring.image_scores`` everywhere. From a bundle config::
 
     {"_target_": "mediclip_monai.metrics.ImageAUROC",
      "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
@@ -27,16 +28,18 @@ from pathlib import Path
 import ignite.distributed as idist
 import numpy as np
 import torch
-from ignite.exceptions import NotComputableError
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 from .io.atomic import atomic_write
+from .scoring import image_scores
 
 __all__ = [
     "ImageAUROC",
+    "ImageMaxF1",
+    "PixelAUPRO",
     "PixelAUROC",
     "image_auroc",
     "max_f1",
@@ -158,8 +161,7 @@ def pixel_aupro(masks, maps, max_fpr: float = 0.3, num_thresholds: int = 200) ->
     normal = np.concatenate(normal_scores) if normal_scores else np.zeros(0)
     if n_regions == 0 or normal.size == 0:
         present = "normal" if n_regions == 0 else "abnormal"
-        warnings.warn(f"pixel AUPRO is undefined when only {present} pixels are present; returning NaN",
-                      stacklevel=2)
+        warnings.warn(f"pixel AUPRO is undefined when only {present} pixels are present; returning NaN", stacklevel=2)
         return float("nan")
     defect = np.concatenate(region_scores)
     regions = np.concatenate(region_ids)
@@ -215,26 +217,38 @@ def _plain_tensor(tensor) -> torch.Tensor:
     return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
 
 
-def _anomaly_and_truth(output) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B x ... anomaly probabilities, B x ... boolean truth) from (pred, label).
+def _samples_of(output) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(anomaly map, boolean truth) per sample of ``(pred, label)``; samples without either are skipped.
 
-    ``pred`` is B x C x spatial: channel 1 of a 2-channel softmax (normal, anomalous), or the only
-    channel of a 1-channel map. ``label`` is B x 1 x spatial (or B x spatial) binary masks.
+    ``pred``: B x C x spatial (a batch) or a sequence of C x spatial tensors: channel 1 of a 2-channel
+    softmax (normal, anomalous), or the only channel of a 1-channel map. ``label``: B x 1 x spatial (or
+    B x spatial) binary masks, or B image labels (0 normal, 1 abnormal); or a sequence of them. A None
+    pred or label (a failed case, a case without a mask) leaves the sample out.
     """
     pred, label = output
-    pred, label = _plain_tensor(pred), _plain_tensor(label)
-    if pred.ndim < 3:
+    if pred is None or label is None:
+        return []
+    if isinstance(pred, torch.Tensor) and pred.ndim < 3:
         raise ValueError(f"pred must be B x C x spatial, got shape {tuple(pred.shape)}")
-    anomaly = pred[:, 1] if pred.shape[1] >= 2 else pred[:, 0]
-    if label.ndim == pred.ndim:
-        label = label[:, 0]
-    if label.shape != anomaly.shape:
-        raise ValueError(f"label shape {tuple(label.shape)} does not match the map {tuple(anomaly.shape)}")
-    return anomaly.float(), label > 0
+    preds, labels = list(pred), list(label)
+    if len(preds) != len(labels):
+        raise ValueError(f"{len(preds)} predictions but {len(labels)} labels")
+    samples = []
+    for p, t in zip(preds, labels):
+        if p is None or t is None:
+            continue
+        p, t = _plain_tensor(p), _plain_tensor(t)
+        anomaly = p[1] if p.shape[0] >= 2 else p[0]
+        if t.numel() > 1:  # a mask, with or without its channel axis
+            t = t[0] if t.ndim == anomaly.ndim + 1 else t
+            if t.shape != anomaly.shape:
+                raise ValueError(f"label shape {tuple(t.shape)} does not match the map {tuple(anomaly.shape)}")
+        samples.append((anomaly.float(), t > 0))
+    return samples
 
 
 def _gather(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate a 1D tensor across processes; lengths may differ (uneven last batches)."""
+    """Concatenate a 1D tensor across processes; lengths may differ (uneven last batches, empty ranks)."""
     if idist.get_world_size() == 1:
         return tensor
     device = idist.device()  # NCCL gathers on the GPU, gloo on the CPU
@@ -245,7 +259,11 @@ def _gather(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class _AccumulatingMetric(Metric):
-    """Keeps (score, truth) pairs from every iteration on the CPU and computes once at epoch end."""
+    """Keeps (score, truth) pairs from every iteration on the CPU and computes once at epoch end.
+
+    ``compute()`` gathers the pairs of every process first, so a process that saw no sample still takes
+    part; with no sample anywhere the metric is NaN, with a warning.
+    """
 
     def __init__(self, output_transform: Callable = lambda x: x, device: str | torch.device = "cpu") -> None:
         super().__init__(output_transform=output_transform, device=device)
@@ -259,54 +277,118 @@ class _AccumulatingMetric(Metric):
         self._scores.append(scores.reshape(-1).cpu())
         self._truths.append(truths.reshape(-1).to(torch.uint8).cpu())
 
+    def _gathered(self) -> tuple[np.ndarray, np.ndarray]:
+        scores = torch.cat(self._scores) if self._scores else torch.zeros(0)
+        truths = torch.cat(self._truths) if self._truths else torch.zeros(0, dtype=torch.uint8)
+        return _gather(truths).numpy(), _gather(scores).numpy()
+
     def compute(self) -> float:
-        if not self._scores:
-            raise NotComputableError(f"{type(self).__name__} needs at least one sample before it can be computed")
-        scores = _gather(torch.cat(self._scores))
-        truths = _gather(torch.cat(self._truths))
-        return self._score(truths.numpy(), scores.numpy())
+        truths, scores = self._gathered()
+        if scores.size == 0:
+            warnings.warn(f"{type(self).__name__} saw no sample; returning NaN", stacklevel=2)
+            return float("nan")
+        return self._score(truths, scores)
 
     def _score(self, truths: np.ndarray, scores: np.ndarray) -> float:
         raise NotImplementedError
 
 
-class ImageAUROC(_AccumulatingMetric):
-    """Image-level AUROC as an Ignite metric: score = max of the anomaly map, truth = mask has any anomaly.
+class _ImageMetric(_AccumulatingMetric):
+    """An image-level metric: score = ``scoring.image_scores`` of the anomaly map, truth = the image label,
+    or whether the mask has an anomalous pixel."""
+
+    @reinit__is_reduced
+    def update(self, output: Sequence[torch.Tensor]) -> None:
+        samples = _samples_of(output)
+        if samples:
+            scores = torch.cat([image_scores(anomaly[None]) for anomaly, _ in samples])
+            self._append(scores, torch.stack([truth.any() for _, truth in samples]))
+
+
+class ImageAUROC(_ImageMetric):
+    """Image-level AUROC as an Ignite metric: score = max of the anomaly map, truth = image label or mask.
 
     Args:
         output_transform: maps ``engine.state.output`` to ``(pred, label)``; in MONAI
             ``monai.handlers.from_engine(["pred", "label"])``. ``pred``: B x 2 x spatial softmax maps
-            (channel 1 = anomalous) or lists of per-sample C x spatial tensors; ``label``: B x 1 x spatial
-            binary masks.
+            (channel 1 = anomalous), B x 1 x spatial anomaly maps, or lists of per-sample C x spatial
+            tensors; ``label``: B x 1 x spatial binary masks, or one image label (0/1) per sample. Samples
+            whose pred or label is None are left out.
         device: where Ignite keeps the metric's state; the samples themselves are kept on the CPU.
 
     ``compute()`` returns :func:`image_auroc` over every sample seen since the last reset, gathered from
     all processes; NaN if all images are of one class.
     """
 
-    @reinit__is_reduced
-    def update(self, output: Sequence[torch.Tensor]) -> None:
-        anomaly, truth = _anomaly_and_truth(output)
-        self._append(anomaly.flatten(1).amax(dim=1), truth.flatten(1).any(dim=1))
-
     def _score(self, truths: np.ndarray, scores: np.ndarray) -> float:
         return image_auroc(truths, scores)
+
+
+class ImageMaxF1(_ImageMetric):
+    """Image-level max-F1 (the best F1 over all score thresholds) as an Ignite metric; see ``ImageAUROC``."""
+
+    def _score(self, truths: np.ndarray, scores: np.ndarray) -> float:
+        return max_f1(truths, scores)
 
 
 class PixelAUROC(_AccumulatingMetric):
     """Pixel-level AUROC as an Ignite metric, pooled over all pixels of all images.
 
-    Same arguments as :class:`ImageAUROC`. Every pixel's score is kept until ``compute()`` (4 bytes + 1
-    byte per pixel on the CPU), which is exact and fine for 2D slices and evaluation-sized volume sets.
+    Same arguments as :class:`ImageAUROC`, with masks as labels (samples without one are left out). Every
+    pixel's score is kept until ``compute()`` (4 bytes + 1 byte per pixel on the CPU), which is exact and
+    fine for 2D slices and evaluation-sized volume sets.
     """
 
     @reinit__is_reduced
     def update(self, output: Sequence[torch.Tensor]) -> None:
-        anomaly, truth = _anomaly_and_truth(output)
-        self._append(anomaly, truth)
+        for anomaly, truth in _samples_of(output):
+            if truth.shape != anomaly.shape:
+                raise ValueError("PixelAUROC needs masks as labels, got an image label")
+            self._append(anomaly, truth)
 
     def _score(self, truths: np.ndarray, scores: np.ndarray) -> float:
         return pixel_auroc([truths], [scores])  # one pooled "sample" of every pixel
+
+
+class PixelAUPRO(_AccumulatingMetric):
+    """Pixel-level AUPRO (per-region overlap up to ``max_fpr``, :func:`pixel_aupro`) as an Ignite metric.
+
+    Regions are the connected components of each 2D image's mask; a volume counts slice by slice along
+    its last axis (the axial axis of a case on the model grid, ``transforms.ModelGridd``), as in
+    MediCLIP's per-slice protocol. Same arguments as :class:`PixelAUROC`, plus ``max_fpr``.
+    """
+
+    def __init__(
+        self, max_fpr: float = 0.3, output_transform: Callable = lambda x: x, device: str | torch.device = "cpu"
+    ) -> None:
+        self.max_fpr = float(max_fpr)
+        super().__init__(output_transform=output_transform, device=device)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        super().reset()
+        self._shapes: list[torch.Tensor] = []
+
+    @reinit__is_reduced
+    def update(self, output: Sequence[torch.Tensor]) -> None:
+        for anomaly, truth in _samples_of(output):
+            if truth.shape != anomaly.shape:
+                raise ValueError("PixelAUPRO needs masks as labels, got an image label")
+            if anomaly.ndim == 3:  # H x W x D: one 2D image per slice
+                anomaly, truth = anomaly.movedim(-1, 0), truth.movedim(-1, 0)
+            else:
+                anomaly, truth = anomaly[None], truth[None]
+            self._append(anomaly.contiguous(), truth.contiguous())
+            self._shapes.append(torch.tensor(anomaly.shape[1:], dtype=torch.int64).repeat(anomaly.shape[0]))
+
+    def _score(self, truths: np.ndarray, scores: np.ndarray) -> float:
+        shapes = _gather(torch.cat(self._shapes) if self._shapes else torch.zeros(0, dtype=torch.int64))
+        sizes = [int(h) * int(w) for h, w in shapes.reshape(-1, 2).tolist()]
+        shapes = shapes.reshape(-1, 2).tolist()
+        splits = np.cumsum(sizes)[:-1]
+        masks = [m.reshape(shape) for m, shape in zip(np.split(truths, splits), shapes)]
+        maps = [m.reshape(shape) for m, shape in zip(np.split(scores, splits), shapes)]
+        return pixel_aupro(masks, maps, max_fpr=self.max_fpr)
 
 
 # --- figures -----------------------------------------------------------------------------------------
@@ -351,40 +433,59 @@ def plot_roc(path: str | os.PathLike, labels, scores, title: str = "ROC") -> Pat
     return _save_png(figure, path)
 
 
-def overlay_montage(path: str | os.PathLike, cases: Sequence[Mapping]) -> Path:
-    """Save a montage PNG, one row per case: image | image + truth outline | image + anomaly map.
+def _montage_slices(case: Mapping) -> list[Mapping]:
+    """The slices shown for a case: its ``slices``, or the one ``image``/``anomaly_map``/``label`` it gives."""
+    if case.get("slices"):
+        return list(case["slices"])
+    return [{key: case.get(key) for key in ("image", "anomaly_map", "label", "title")}]
+
+
+def overlay_montage(path: str | os.PathLike, cases: Sequence[Mapping], threshold: float | None = None) -> Path:
+    """Save a review montage PNG, one row per case, two panels per shown slice.
+
+    For each slice: the image with the truth outlined (green), and the anomaly map over it on its real
+    0..1 scale (colour bar) with the threshold's contour (white) and the truth outline. A row's first
+    title gives the case's name, score and decision.
 
     Args:
         path: destination PNG.
-        cases: dicts with ``name``, ``image`` (H x W in [0, 1]), ``anomaly_map`` (H x W in [0, 1]),
-            ``label`` (H x W binary truth, or None when unknown) and ``score`` (image anomaly score,
-            shown in the third panel's title).
+        cases: dicts with ``name``, ``score``, optional ``decision`` (``"abnormal"``/``"normal"``), optional
+            ``abnormal`` (the truth, 0/1), and
+            ``slices``: a list of dicts with ``image`` (H x W in [0, 1]), ``anomaly_map`` (H x W in [0, 1]),
+            ``label`` (H x W binary truth, or None when unknown) and ``title`` (e.g. which slice it is); a
+            case may give one slice's ``image``, ``anomaly_map`` and ``label`` directly instead.
+        threshold: the mask threshold whose contour is drawn (none when None).
     """
     if not cases:
         raise ValueError("overlay_montage needs at least one case")
-    # One colour scale for all rows, stretched to the shown maps: an undertrained model's maps sit near
-    # 0.5 everywhere, and a fixed 0..1 scale would paint them one flat colour.
-    maps = [np.squeeze(_to_numpy(case["anomaly_map"])) for case in cases]
-    vmin, vmax = float(min(m.min() for m in maps)), float(max(m.max() for m in maps))
-    vmax = max(vmax, vmin + 1e-6)
-    figure = _new_figure(9, 3 * len(cases))
+    columns = 2 * max(len(_montage_slices(case)) for case in cases)
+    figure = _new_figure(3.4 * columns, 3.2 * len(cases))
     for row, case in enumerate(cases):
-        image = np.squeeze(_to_numpy(case["image"]))
-        anomaly_map = np.squeeze(_to_numpy(case["anomaly_map"]))
-        label = case.get("label")
-        panels = [figure.add_subplot(len(cases), 3, 3 * row + col + 1) for col in range(3)]
-        for axes in panels:
-            axes.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            axes.set_axis_off()
-        panels[0].set_title(str(case["name"]), fontsize=9)
-        if label is not None:
-            label = np.squeeze(_to_numpy(label)) > 0
-            if label.any():
-                panels[1].contour(label.astype(float), levels=[0.5], colors="lime", linewidths=1)
-            panels[1].set_title("truth", fontsize=9)
-        else:
-            panels[1].set_title("truth: not given", fontsize=9)
-        panels[2].imshow(anomaly_map, cmap="jet", alpha=0.45, vmin=vmin, vmax=vmax, interpolation="bilinear")
-        panels[2].set_title(f"map ({vmin:.2f}-{vmax:.2f}), score {float(case['score']):.3f}", fontsize=9)
+        verdict = f" -> {case['decision']}" if case.get("decision") else ""
+        if case.get("abnormal") is not None:
+            verdict += f" (truth: {'abnormal' if case['abnormal'] else 'normal'})"
+        for index, shown in enumerate(_montage_slices(case)):
+            image = np.squeeze(_to_numpy(shown["image"]))
+            anomaly_map = np.squeeze(_to_numpy(shown["anomaly_map"]))
+            label = shown.get("label")
+            label = None if label is None else np.squeeze(_to_numpy(label)) > 0
+            truth_axes, map_axes = (
+                figure.add_subplot(len(cases), columns, row * columns + 2 * index + col + 1) for col in range(2)
+            )
+            for axes in (truth_axes, map_axes):
+                axes.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                axes.set_axis_off()
+                if label is not None and label.any():
+                    axes.contour(label.astype(float), levels=[0.5], colors="lime", linewidths=1)
+            drawn = map_axes.imshow(anomaly_map, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+            if threshold is not None and anomaly_map.min() < threshold <= anomaly_map.max():
+                map_axes.contour(anomaly_map, levels=[threshold], colors="white", linewidths=1)
+            figure.colorbar(drawn, ax=map_axes, fraction=0.046, pad=0.02)
+            where = f"{shown['title']}: " if shown.get("title") else ""
+            heading = f"{case['name']}: score {float(case['score']):.3f}{verdict}\n" if index == 0 else ""
+            outline = "no mask given" if label is None else "truth outlined"
+            truth_axes.set_title(f"{heading}{where}{outline}", fontsize=8)
+            contour = f", threshold {threshold:g} contoured" if threshold is not None else ""
+            map_axes.set_title(f"{where}anomaly map (0-1){contour}", fontsize=8)
     figure.tight_layout()
     return _save_png(figure, path)

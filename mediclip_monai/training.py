@@ -1,14 +1,13 @@
 """Glue between the training bundle config (bundle/configs/train.json) and the package.
 
 The config holds the recipe; the few steps that are more than one expression live here as named
-functions: where the data comes from, the few-shot sample and its fixed validation set, per-epoch
-seeding, and finding the checkpoint to resume from.
+functions: the few-shot sample and its fixed validation set, per-epoch seeding, and finding the
+checkpoint to resume from. Which datalist a run reads is decided in ``data.resolve``.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import re
@@ -20,56 +19,12 @@ from ignite.engine import Engine, Events
 from monai.data.utils import set_rnd
 
 from .data.datalists import DataError, check_entries, load_datalist, sample_k_shot
-from .data.demo import ensure_demo_data
-from .data.loading import is_image_path, load_training_slices
-from .io.atomic import atomic_write
+from .data.loading import load_training_slices
 from .transforms import DEFAULT_SYNTHESIS_TASKS, RandAnomalySynthesisd
 
 logger = logging.getLogger(__name__)
 
-DATALIST_NAME = "datalist.json"
 MAX_HELD_OUT_VALIDATION = 32
-
-
-def resolve_datalist(datalist: str | None, dataset_dir: str, demo_dir: str, output_dir: str) -> str:
-    """The datalist JSON to train from.
-
-    Order: an explicit ``datalist``; else ``<dataset_dir>/datalist.json``; else the demo set when
-    ``dataset_dir`` is the demo folder (built on first use); else, for a folder of normal scans, a
-    datalist listing every image in it, written to ``<output_dir>/datalist_<folder>.json``.
-    """
-    if datalist:
-        return str(datalist)
-    candidate = os.path.join(dataset_dir, DATALIST_NAME)
-    if os.path.isfile(candidate):
-        return candidate
-    if os.path.abspath(dataset_dir) == os.path.abspath(demo_dir):
-        return ensure_demo_data(dataset_dir)
-    return write_folder_datalist(dataset_dir, output_dir)
-
-
-def write_folder_datalist(folder: str, output_dir: str) -> str:
-    """A datalist whose training section is every image (file or DICOM series folder) in ``folder``."""
-    if not os.path.isdir(folder):
-        raise DataError(f"{folder}: no such folder (dataset_dir); give --dataset_dir or --datalist FILE")
-    entries = sorted(os.listdir(folder))
-    images = [
-        os.path.abspath(os.path.join(folder, name))
-        for name in entries
-        if not name.startswith(".")
-        and (os.path.isdir(os.path.join(folder, name)) or is_image_path(os.path.join(folder, name)))
-    ]
-    if not images:
-        raise DataError(
-            f"{folder}: no {DATALIST_NAME} and no image in this folder. Give --datalist FILE, or a folder of "
-            "normal scans (NIfTI, DICOM series folders, PNG/JPEG); scripts/prepare_dataset.py converts the "
-            "paper's datasets."
-        )
-    path = os.path.join(output_dir, f"datalist_{os.path.basename(os.path.normpath(folder))}.json")
-    with atomic_write(path) as tmp, open(tmp, "w") as f:
-        json.dump({"training": [{"image": image} for image in images]}, f, indent=2)
-    logger.info(f"{len(images)} images of {folder} listed as normal training data in {path}")
-    return path
 
 
 @dataclass

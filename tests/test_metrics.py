@@ -40,8 +40,9 @@ def test_image_auroc_and_pixel_auroc_match_sklearn(rng):
     assert pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
     # A list of differently sized samples is pooled the same way.
     as_list_masks, as_list_maps = [masks[0], masks[1, :8]], [maps[0], maps[1, :8]]
-    pooled = roc_auc_score(np.concatenate([m.ravel() for m in as_list_masks]),
-                           np.concatenate([s.ravel() for s in as_list_maps]))
+    pooled = roc_auc_score(
+        np.concatenate([m.ravel() for m in as_list_masks]), np.concatenate([s.ravel() for s in as_list_maps])
+    )
     assert pixel_auroc(as_list_masks, as_list_maps) == pytest.approx(pooled)
 
 
@@ -172,9 +173,9 @@ def test_ignite_metrics_from_bundle_config_on_decollated_monai_output(rng):
 
     config = json.loads(
         '{"image_auroc": {"_target_": "mediclip_monai.metrics.ImageAUROC",'
-        ' "output_transform": "$monai.handlers.from_engine([\'pred\', \'label\'])"},'
+        " \"output_transform\": \"$monai.handlers.from_engine(['pred', 'label'])\"},"
         ' "pixel_auroc": {"_target_": "mediclip_monai.metrics.PixelAUROC",'
-        ' "output_transform": "$monai.handlers.from_engine([\'pred\', \'label\'])"}}'
+        " \"output_transform\": \"$monai.handlers.from_engine(['pred', 'label'])\"}}"
     )
     parser = ConfigParser(config)
     image_metric, pixel_metric = parser.get_parsed_content("image_auroc"), parser.get_parsed_content("pixel_auroc")
@@ -274,8 +275,13 @@ def test_plot_roc_writes_a_png(tmp_path, rng):
 
 def test_overlay_montage_has_one_row_per_case(tmp_path, rng):
     def case(name, label):
-        return {"name": name, "image": rng.random((32, 32)), "anomaly_map": rng.random((32, 32)),
-                "label": label, "score": 0.73}
+        return {
+            "name": name,
+            "image": rng.random((32, 32)),
+            "anomaly_map": rng.random((32, 32)),
+            "label": label,
+            "score": 0.73,
+        }
 
     label = np.zeros((32, 32))
     label[10:20, 12:18] = 1

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mediclip_monai.data.datalists import DataError
-from mediclip_monai.training import make_validation_set, resolve_datalist
+from mediclip_monai.data.resolve import resolve_datalist
+from mediclip_monai.training import make_validation_set
 
 
 @pytest.mark.parametrize("tasks", [None, {"CutPaste": 0.5, "Identity": 0.5}, {"Identity": 1.0}])

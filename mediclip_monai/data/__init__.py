@@ -4,6 +4,8 @@
 - `loading`: `read_image` (NIfTI, DICOM file or series, PNG/JPEG, ...), intensity scaling, axial
   slicing of volumes and its inverse, and the 2D training inputs.
 - `demo`: the MNI152-based demo set built on first use.
+- `resolve`: which datalist a run reads (given file, dataset folder, demo set, folder of scans).
+- `cases`: the cases of an inference or evaluation run and their unique names.
 - `public_datasets`: conversion of the paper's datasets (reference split files) to datalists.
 """
 
@@ -20,6 +22,7 @@ from mediclip_monai.data.loading import (
     volume_to_slices,
 )
 from mediclip_monai.data.public_datasets import convert_reference_split
+from mediclip_monai.data.resolve import resolve_datalist
 
 __all__ = [
     "DataError",
@@ -34,6 +37,7 @@ __all__ = [
     "load_training_slices",
     "read_image",
     "rebuild_demo_data",
+    "resolve_datalist",
     "sample_k_shot",
     "scale_intensity",
     "slices_to_volume",

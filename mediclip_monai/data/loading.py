@@ -53,7 +53,9 @@ __all__ = [
     "read_image",
     "scale_intensity",
     "slices_to_volume",
+    "views_to_volume",
     "volume_to_slices",
+    "volume_to_views",
 ]
 
 logger = logging.getLogger(__name__)
@@ -543,6 +545,50 @@ def slices_to_volume(
             )
         target.copy_(plane.as_tensor() if isinstance(plane, MetaTensor) else plane)
     return MetaTensor(out, meta={key: v for key, v in vol.meta.items() if key != "applied_operations"})
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
+
+
+def _view_layout(affine) -> tuple[list[int], list[int]]:
+    """(permutation, flipped dims) turning a (C, H, W, D) array into (N, C, rows, cols) axial views."""
+    axis = axial_axis(affine)
+    row, col, flip_rows, flip_cols = _display_plan(affine, axis)
+    return [1 + axis, 0, 1 + row, 1 + col], [d for d, f in ((2, flip_rows), (3, flip_cols)) if f]
+
+
+def volume_to_views(volume: torch.Tensor, affine=None) -> torch.Tensor:
+    """Every axial slice of a volume at once, as one stack in the display view of `volume_to_slices`.
+
+    Args:
+        volume: ``(C, H, W, D)`` tensor on any device, or a ``(C, H, W)`` 2D image.
+        affine: the volume's 4x4 affine; default ``volume.affine`` (a MetaTensor's).
+
+    Returns:
+        ``(N, C, rows, cols)`` plain tensor, ``views[k]`` being slice ``k`` of `volume_to_slices`
+        (``min_foreground=0``); a 2D image gives ``(1, C, H, W)``.
+    """
+    if volume.ndim == 3:
+        return _plain(volume)[None]
+    order, flips = _view_layout(_as_volume(volume).affine if affine is None else affine)
+    views = _plain(volume).permute(*order)
+    return views.flip(flips) if flips else views
+
+
+def views_to_volume(views: torch.Tensor, affine) -> torch.Tensor:
+    """The inverse of `volume_to_views`: ``(N, C, rows, cols)`` views back to ``(C, H, W, D)``.
+
+    Args:
+        views: per-slice results in display view at the slices' own size (``(1, C, H, W)`` for 2D).
+        affine: the 4x4 affine of the volume the views came from, or None for a 2D image.
+    """
+    if affine is None:
+        return _plain(views)[0]
+    order, flips = _view_layout(affine)
+    views = _plain(views)
+    views = views.flip(flips) if flips else views
+    return views.permute(*[order.index(d) for d in range(4)])
 
 
 # ------------------------------------------------------------------------------------------ training

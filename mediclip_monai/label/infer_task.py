@@ -23,8 +23,10 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from mediclip_monai.data.datalists import DataError
 from mediclip_monai.data.loading import read_image
-from mediclip_monai.inference import load_trained_model, predict_volume
+from mediclip_monai.inference import load_trained_model
+from mediclip_monai.inferers import SliceWiseInferer
 from mediclip_monai.io.writers import write_anomaly_map, write_anomaly_mask
+from mediclip_monai.transforms import AnomalyScored, ScaleIntensityRobustd
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ class AnomalyInferTask(BasicInferTask):
         return True
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
-        return [ReadStudyd()]
+        return [ReadStudyd(), ScaleIntensityRobustd(keys="image")]
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return []
@@ -121,15 +123,11 @@ class AnomalyInferTask(BasicInferTask):
     def run_inferer(self, data: dict[str, Any], convert_to_batch=True, device="cpu"):
         network = self._get_network(device, data)
         threshold = float(data.get("threshold", self._config["threshold"]))
-        result = predict_volume(network, data["image"], batch_size=int(data.get("batch_size", 8)))
-        anomaly_map = np.asarray(result["anomaly_map"], dtype=np.float32)
-        data["anomaly_map"] = anomaly_map
-        data[self.output_label_key] = (anomaly_map >= threshold).astype(np.uint8)
-        data[self.output_json_key] = {
-            "score": float(result["score"]),
-            "max_slice": result.get("max_slice"),
-            "threshold": threshold,
-        }
+        inferer = SliceWiseInferer(batch_size=int(data.get("batch_size", 8)))
+        scored = AnomalyScored(keys="pred", threshold=threshold)({"pred": inferer(data["image"][None], network)[0]})
+        data["anomaly_map"] = np.asarray(scored["pred"][0].cpu(), dtype=np.float32)
+        data[self.output_label_key] = np.asarray(scored["mask"][0].cpu(), dtype=np.uint8)
+        data[self.output_json_key] = {k: scored[k] for k in ("score", "max_slice", "threshold")}
         return data
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[str, dict]:

@@ -4,6 +4,10 @@ MediCLIP (MICCAI 2024, arXiv 2405.11315) learns from k normal images by segmenti
 synthesised on them with the tasks of "Many tasks make light work" (MICCAI 2023). ``shapes`` draws
 the anomaly shapes, ``synthesis`` holds the array transforms (``(1, H, W)`` image in, ``(image,
 mask)`` out) and the task mixture, ``dictionary`` their ``image``/``label`` dictionary versions.
+
+The inference and evaluation recipes' transforms live beside them: ``preprocessing`` (reading, intensity
+scaling, mask binarisation, the evaluation grid, and ``ClipInput``, the network's input contract) and
+``postprocessing`` (scoring and thresholding an anomaly map, the truth of an evaluation case).
 """
 
 from .dictionary import (
@@ -29,6 +33,16 @@ from .dictionary import (
     RandSourceDeformationd,
     RandSourceDeformationDict,
 )
+from .postprocessing import AnomalyScored, AnomalyTruthd
+from .preprocessing import (
+    MODEL_GRID_AFFINE,
+    BinariseMaskd,
+    ClipInput,
+    ClipInputd,
+    ModelGridd,
+    ReadImaged,
+    ScaleIntensityRobustd,
+)
 from .shapes import Hypershape, deformed_hypershape, perlin_blob, perlin_noise, perlin_noise_2d
 from .synthesis import (
     DEFAULT_SYNTHESIS_TASKS,
@@ -49,13 +63,20 @@ from .synthesis import (
 
 __all__ = [
     "DEFAULT_SYNTHESIS_TASKS",
+    "MODEL_GRID_AFFINE",
     "SYNTHESIS_TASK_NAMES",
     "AnomalyPlacement",
+    "AnomalyScored",
+    "AnomalyTruthd",
+    "BinariseMaskd",
+    "ClipInput",
+    "ClipInputd",
     "Hypershape",
     "IdentityAnomaly",
     "IdentityAnomalyD",
     "IdentityAnomalyDict",
     "IdentityAnomalyd",
+    "ModelGridd",
     "RandAnomalySynthesis",
     "RandAnomalySynthesisD",
     "RandAnomalySynthesisDict",
@@ -80,6 +101,8 @@ __all__ = [
     "RandSourceDeformationD",
     "RandSourceDeformationDict",
     "RandSourceDeformationd",
+    "ReadImaged",
+    "ScaleIntensityRobustd",
     "as_image_array",
     "deformed_hypershape",
     "make_synthesis_task",

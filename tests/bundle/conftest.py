@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -13,6 +14,8 @@ TRAIN = os.path.join(CONFIGS, "train.json")
 INFERENCE = os.path.join(CONFIGS, "inference.json")
 EVALUATE = os.path.join(CONFIGS, "evaluate.json")
 MULTI_GPU = os.path.join(CONFIGS, "multi_gpu_train.json")
+MULTI_GPU_INFERENCE = os.path.join(CONFIGS, "multi_gpu_inference.json")
+MULTI_GPU_EVALUATE = os.path.join(CONFIGS, "multi_gpu_evaluate.json")
 META = os.path.join(CONFIGS, "metadata.json")
 LOGGING = os.path.join(CONFIGS, "logging.conf")
 
@@ -24,6 +27,20 @@ def demo_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo") / "demo"
     ensure_demo_data(str(root))
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def trained(demo_dir, tmp_path_factory):
+    """A model.pt trained for one epoch on the demo data with the tiny backbone; its ckpt_dir."""
+    root = tmp_path_factory.mktemp("trained")
+    run_workflow(TRAIN, **small_training(demo_dir, root, epochs=1))
+    return str(root / "models")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def small_training(demo_dir, tmp_path, **overrides):

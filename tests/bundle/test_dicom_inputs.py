@@ -50,4 +50,5 @@ def test_anonymised_series_gets_its_seg_and_a_gapped_series_is_refused(trained, 
         "anonymised_anomaly_map.nii.gz",
         "anonymised_anomaly_mask.nii.gz",
         "anonymised_anomaly_seg.dcm",
+        "anonymised_case.json",  # the case's manifest, written last (io.outputs)
     ]

@@ -17,15 +17,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from sklearn.metrics import roc_auc_score
 
-from .conftest import EVALUATE, INFERENCE, REPO, TRAIN, cli, run_workflow, small_training
-
-
-@pytest.fixture(scope="module")
-def trained(demo_dir, tmp_path_factory):
-    """A model.pt trained for one epoch on the demo data with the tiny backbone."""
-    root = tmp_path_factory.mktemp("trained")
-    run_workflow(TRAIN, **small_training(demo_dir, root, epochs=1))
-    return str(root / "models")
+from .conftest import EVALUATE, INFERENCE, REPO, TRAIN, cli, run_workflow
 
 
 def infer(ckpt_dir, input_path, output_dir, **overrides):
@@ -241,27 +233,14 @@ def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, d
     labels = [int(c["abnormal"]) for c in cases]
     scores = [float(c["score"]) for c in cases]
     assert metrics["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-4)
-
-    # pixel AUROC recomputed from scratch with scikit-learn on maps made by the same inferer
-
-    from mediclip_monai.data.datalists import load_datalist
-    from mediclip_monai.evaluation import _case_maps
-    from mediclip_monai.inference import load_trained_model
-    from mediclip_monai.inferers import SliceWiseInferer
-
-    inferer = SliceWiseInferer(load_trained_model(os.path.join(trained, "model.pt")), batch_size=8)
-    maps, masks = [], []
-    for item in load_datalist(os.path.join(demo_dir, "datalist.json"), "test"):
-        case = _case_maps(inferer, item)
-        if case["masks"] is not None:
-            maps.append(case["maps"].ravel())
-            masks.append(case["masks"].ravel())
-    assert metrics["pixel_auroc"] == pytest.approx(roc_auc_score(np.concatenate(masks), np.concatenate(maps)), abs=1e-4)
+    # pixel AUROC against scikit-learn on maps known without the code under test: see
+    # test_engine_recipes.py::test_evaluation_metrics_match_scikit_learn_on_known_maps (a network stub)
+    assert 0 <= metrics["pixel_auroc"] <= 1
     assert 0 <= metrics["pixel_aupro"] <= 1
 
 
 def test_a_folder_of_nifti_files_is_one_case_per_file_and_a_series_folder_is_one_case(tmp_path):
-    from mediclip_monai.inference import find_cases
+    from mediclip_monai.data.cases import find_cases
 
     folder = tmp_path / "scans"
     folder.mkdir()
@@ -278,7 +257,7 @@ def test_a_folder_of_nifti_files_is_one_case_per_file_and_a_series_folder_is_one
 
 
 def test_a_datalist_input_gives_its_test_cases(tmp_path):
-    from mediclip_monai.inference import find_cases
+    from mediclip_monai.data.cases import find_cases
 
     nib.save(nib.Nifti1Image(brain_like_volume((8, 8, 1))[..., 0], np.eye(4)), str(tmp_path / "t1.nii.gz"))
     (tmp_path / "datalist.json").write_text(

@@ -386,3 +386,23 @@ def test_tilted_dicom_series_reads_on_its_sheared_grid_or_is_refused(tmp_path):
         ds.save_as(f)
     with pytest.raises(DataError, match="tilted: SimpleITK's volume of this series does not lie on its slice"):
         read_image(folder)
+
+
+def test_volume_to_views_stacks_the_slices_of_volume_to_slices_and_inverts():
+    from mediclip_monai.data.loading import views_to_volume, volume_to_views
+
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        linear = np.linalg.qr(rng.normal(size=(3, 3)))[0] @ np.diag(rng.uniform(0.5, 3, 3))
+        affine = np.eye(4)
+        affine[:3, :3], affine[:3, 3] = linear, rng.normal(size=3)
+        volume = MetaTensor(torch.rand(1, 5, 6, 7), affine=torch.as_tensor(affine))
+        views = volume_to_views(volume)
+        slices = volume_to_slices(volume, min_foreground=0.0)
+        assert views.shape[0] == len(slices)
+        for k, view in slices:
+            torch.testing.assert_close(views[k], view.as_tensor())
+        torch.testing.assert_close(views_to_volume(views, volume.affine), volume.as_tensor())
+    picture = torch.rand(1, 4, 5)
+    assert volume_to_views(picture).shape == (1, 1, 4, 5)
+    torch.testing.assert_close(views_to_volume(volume_to_views(picture), None), picture)

@@ -1,0 +1,108 @@
+"""Ignite handlers of the inference and evaluation recipes (``val_handlers`` of ``engines.CaseEvaluator``).
+
+- ``CaseIndexHandler``: when a run (or one rank of it) completes, rebuild the output folder's
+  ``scores.csv`` and ``cases.json`` from the case manifests on disk (``io.outputs.rebuild_index``).
+- ``EvaluationReport``: collect each case's score, truth and review slices, and when the run completes
+  write metrics.json, cases.csv, roc.png and montage.png (``evaluation.write_report``), on rank 0 with
+  the cases of every rank.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+
+from .engines import FAILURE_KEY, is_distributed
+from .evaluation import MONTAGE_CASES, case_panels, case_record, write_report
+from .io.outputs import rebuild_index
+
+__all__ = ["CaseIndexHandler", "EvaluationReport"]
+
+logger = logging.getLogger(__name__)
+
+
+def _cases(engine: Engine) -> list[dict]:
+    """The postprocessed cases of the last iteration that have a prediction (not failed, not idle), each
+    its (decollated) batch entry and output together."""
+    output, batch = engine.state.output or [], engine.state.batch
+    batch = batch if isinstance(batch, list) and len(batch) == len(output) else [{}] * len(output)
+    return [{**b, **o} for b, o in zip(batch, output) if isinstance(o, dict) and o.get("pred") is not None]
+
+
+class CaseIndexHandler:
+    """Rebuild ``<output_dir>/scores.csv`` and ``cases.json`` from the case folders when the run completes.
+
+    Args:
+        output_dir: the inference output folder.
+    """
+
+    def __init__(self, output_dir: str) -> None:
+        self.output_dir = output_dir
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        manifests = rebuild_index(self.output_dir)
+        failed = len(getattr(engine, "failures", []))
+        logger.info(f"{self.output_dir}: {len(manifests)} case(s) listed in scores.csv, {failed} failed in this run")
+
+
+class EvaluationReport:
+    """Collect the evaluation's cases and write its report when the run completes.
+
+    Args:
+        output_dir: where metrics.json, cases.csv, roc.png and montage.png go.
+        threshold: the mask threshold (drawn in the montage).
+
+    The report is written only when every case was evaluated: metrics over part of a test set would
+    mislead, so with failed cases nothing is written and the evaluator's error lists them.
+    """
+
+    def __init__(self, output_dir: str, threshold: float | None = None) -> None:
+        self.output_dir = output_dir
+        self.threshold = threshold
+        self.reset()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.records: list[dict] = []
+        self.shown: list[dict] = []  # candidates for the montage: at most the highest and lowest few
+        self.failed = 0
+
+    def collect(self, engine: Engine) -> None:
+        output = engine.state.output or []
+        self.failed += sum(1 for o in output if isinstance(o, dict) and o.get(FAILURE_KEY))
+        for case in _cases(engine):
+            record = case_record(case)
+            self.records.append(record)
+            self.shown.append({**record, "slices": case_panels(case)})
+        if len(self.shown) > 2 * MONTAGE_CASES:
+            self.shown = _extremes(self.shown)
+
+    def write(self, engine: Engine) -> None:
+        records, shown, failed = self.records, self.shown, self.failed
+        if is_distributed():
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (records, shown, failed))
+            records = [r for part in gathered for r in part[0]]
+            shown = [s for part in gathered for s in part[1]]
+            failed = sum(part[2] for part in gathered)
+            if dist.get_rank() != 0:
+                return
+        if failed:
+            logger.error(f"evaluation report not written: {failed} case(s) failed (listed below)")
+            return
+        write_report(self.output_dir, records, engine.state.metrics, _extremes(shown), self.threshold)
+
+
+def _extremes(cases: list[dict]) -> list[dict]:
+    """The MONTAGE_CASES highest-scoring cases, then the MONTAGE_CASES lowest (no case twice)."""
+    ranked = sorted(cases, key=lambda c: (-c["score"], c["name"]))
+    return ranked[:MONTAGE_CASES] + ranked[MONTAGE_CASES:][-MONTAGE_CASES:]

@@ -1,0 +1,277 @@
+"""The output folder of inference: one folder per case, written all or none, and the run's index.
+
+Layout of ``<output_dir>``::
+
+    <name>/<name>_anomaly_map.nii.gz, <name>_anomaly_mask.nii.gz, <name>_anomaly.seg.nrrd,
+           [<name>_anomaly_seg.dcm,] <name>_case.json      (the case's manifest, written last)
+    scores.csv, cases.json                                    (the index of every case folder)
+
+- A case is written into a hidden staging folder (``.<name>.tmp-XXXXXXXX``) and renamed into place once
+  every output and its manifest are there: a case folder is complete or absent, never half-written.
+- The manifest records the case's source, score, slice of the maximum, threshold, decision, model and
+  outputs. A folder whose manifest names the same source, threshold and model, and whose outputs all
+  exist, is complete: a re-run skips it (``overwrite`` redoes it).
+- A name held on disk by another source (or by a folder without a manifest) is never reused: the case
+  takes the next free name, ``<name>_2``, ``<name>_3``, ...
+- ``scores.csv`` and ``cases.json`` are rebuilt from the manifests on disk at the end of every run (and
+  every rank of a distributed run), under an exclusive ``flock`` on the output folder, so runs sharing a
+  folder, one after the other or at the same time, end with an index listing every case folder once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from monai.transforms import MapTransform
+
+from ..data.cases import Case
+from .atomic import atomic_write
+from .writers import (
+    write_anomaly_map,
+    write_anomaly_mask,
+    write_dicom_seg,
+    write_scores_csv,
+    write_slicer_segmentation,
+)
+
+__all__ = [
+    "MANIFEST_SUFFIX",
+    "SaveCaseOutputsd",
+    "assign_output_names",
+    "file_digest",
+    "is_complete",
+    "read_manifest",
+    "rebuild_index",
+]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_SUFFIX = "_case.json"
+SCORES_FILE = "scores.csv"
+CASES_FILE = "cases.json"
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Short SHA-256 of a file's bytes (identifies the model.pt a case was made with)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def locked(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` itself (no lock file is left in it)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def read_manifest(folder: str | os.PathLike) -> dict | None:
+    """The manifest of a case folder, or None when it has none (not a finished case)."""
+    folder = Path(folder)
+    try:
+        return json.loads((folder / f"{folder.name}{MANIFEST_SUFFIX}").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(folder: str | os.PathLike, source: str, identity: Mapping | None = None) -> bool:
+    """Whether ``folder`` holds finished outputs of ``source`` made with ``identity`` (model, threshold)."""
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.get("source") != source:
+        return False
+    if any(manifest.get(key) != value for key, value in (identity or {}).items()):
+        return False
+    return all((Path(folder) / name).is_file() for name in manifest.get("outputs", []))
+
+
+def _holder(output_dir: Path, name: str) -> str | None:
+    """The source whose outputs hold ``<output_dir>/<name>``: None when free, "" when unknown."""
+    folder = output_dir / name
+    if not folder.exists():
+        return None
+    manifest = read_manifest(folder)
+    return manifest.get("source", "") if manifest else ""
+
+
+def _free_name(output_dir: Path, name: str, source: str, taken: set[str]) -> str:
+    """``name``, or the first ``name_2``, ``name_3``, ... not taken and not held on disk by another source."""
+    candidate, number = name, 1
+    while candidate.lower() in taken or _holder(output_dir, candidate) not in (None, source):
+        number += 1
+        candidate = f"{name}_{number}"
+    return candidate
+
+
+def assign_output_names(cases: Sequence[Case], output_dir: str | os.PathLike) -> list[Case]:
+    """The cases with names that no output of another source holds in ``output_dir``.
+
+    A case whose folder already holds its own source keeps its name (a re-run finds it); a case whose
+    name is held by another source, or by a folder without a manifest, takes the next free number. The
+    result is deterministic for a given folder content.
+    """
+    output_dir = Path(output_dir)
+    taken = {case.name.lower() for case in cases}
+    assigned = []
+    for case in cases:
+        name = case.name
+        if _holder(output_dir, name) not in (None, case.source):
+            taken.discard(name.lower())
+            name = _free_name(output_dir, name, case.source, taken)
+            taken.add(name.lower())
+        assigned.append(Case(name, case.source))
+    return assigned
+
+
+def _commit(staging: Path, output_dir: Path, name: str, manifest: dict) -> str:
+    """Rename the staged case folder into place under the folder lock; returns the name it got.
+
+    The place is free: rename. It holds this source's older outputs: swap them out and delete them. It
+    was taken meanwhile by another source (a concurrent run): the case takes the next free name.
+    """
+    with locked(output_dir):
+        holder = _holder(output_dir, name)
+        if holder not in (None, manifest["source"]):
+            new_name = _free_name(output_dir, name, manifest["source"], set())
+            staging = _rename_outputs(staging, name, new_name, manifest)
+            name = new_name
+        final = output_dir / name
+        old = None
+        if final.exists():
+            old = output_dir / f".{name}.old-{secrets.token_hex(4)}"
+            os.replace(final, old)
+        os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return name
+
+
+def _rename_outputs(staging: Path, old: str, new: str, manifest: dict) -> Path:
+    """Rename a staged case's files (and its manifest's content) from ``old`` to ``new``."""
+    outputs = []
+    for file_name in manifest["outputs"]:
+        renamed = new + file_name[len(old) :]
+        os.replace(staging / file_name, staging / renamed)
+        outputs.append(renamed)
+    os.remove(staging / f"{old}{MANIFEST_SUFFIX}")
+    manifest.update(name=new, outputs=outputs)
+    _write_manifest(staging, new, manifest)
+    return staging
+
+
+def _write_manifest(folder: Path, name: str, manifest: dict) -> None:
+    with atomic_write(folder / f"{name}{MANIFEST_SUFFIX}") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+
+
+class SaveCaseOutputsd(MapTransform):
+    """Write one case's outputs into ``<output_dir>/<name>/``, all or none, ending with its manifest.
+
+    Outputs (see the module docstring for the folder rules), all on the input's voxel grid (the map's
+    affine): ``<name>_anomaly_map.nii.gz`` (float32), ``<name>_anomaly_mask.nii.gz`` (uint8),
+    ``<name>_anomaly.seg.nrrd`` (3D Slicer segmentation) and, for a DICOM series input,
+    ``<name>_anomaly_seg.dcm`` (DICOM SEG referencing the series).
+
+    Args:
+        output_dir: the run's output folder.
+        identity: what else makes outputs reusable by a re-run (e.g. ``{"model": digest, "threshold": t}``),
+            recorded in the manifest.
+        keys: the anomaly map key, ``(1, H, W[, D])`` MetaTensor.
+        mask_key: the uint8 mask key (``AnomalyScored``).
+        name_key, source_key: the case's name and its image file or DICOM series folder.
+
+    The case's ``score``, ``max_slice``, ``threshold`` and ``decision`` (``AnomalyScored``) go into the
+    manifest. Sets ``case_folder`` (the folder written) and ``name`` (the name it got).
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        identity: Mapping | None = None,
+        keys: str = "pred",
+        mask_key: str = "mask",
+        name_key: str = "name",
+        source_key: str = "source",
+    ):
+        super().__init__(keys)
+        self.output_dir = Path(output_dir)
+        self.identity = dict(identity or {})
+        self.mask_key, self.name_key, self.source_key = mask_key, name_key, source_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        name, source = str(d[self.name_key]), str(d[self.source_key])
+        anomaly_map, mask = d[self.keys[0]][0], d[self.mask_key][0]
+        affine = np.asarray(d[self.keys[0]].affine.cpu(), dtype=np.float64)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        staging = self.output_dir / f".{name}.tmp-{secrets.token_hex(4)}"
+        staging.mkdir()
+        try:
+            files = {
+                "anomaly_map": f"{name}_anomaly_map.nii.gz",
+                "anomaly_mask": f"{name}_anomaly_mask.nii.gz",
+                "segmentation": f"{name}_anomaly.seg.nrrd",
+            }
+            write_anomaly_map(staging / files["anomaly_map"], anomaly_map, affine)
+            write_anomaly_mask(staging / files["anomaly_mask"], mask, affine)
+            write_slicer_segmentation(staging / files["segmentation"], mask, affine)
+            if os.path.isdir(source) and mask.ndim == 3:
+                files["dicom_seg"] = f"{name}_anomaly_seg.dcm"
+                write_dicom_seg(staging / files["dicom_seg"], mask, source, affine=affine)
+            manifest = {
+                "name": name,
+                "source": source,
+                "score": float(d["score"]),
+                "max_slice": d.get("max_slice"),
+                "threshold": float(d["threshold"]),
+                "decision": d["decision"],
+                **self.identity,
+                "outputs": list(files.values()),
+            }
+            _write_manifest(staging, name, manifest)
+            name = _commit(staging, self.output_dir, name, manifest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        d[self.name_key], d["case_folder"] = name, str(self.output_dir / name)
+        return d
+
+
+def rebuild_index(output_dir: str | os.PathLike) -> list[dict]:
+    """Rewrite ``scores.csv`` and ``cases.json`` from the manifests of every case folder on disk.
+
+    Runs under the folder lock; rows are sorted by case name. ``cases.json`` maps each name to its
+    ``source``, ``score``, ``max_slice`` and ``decision`` (scripts/slicer_review.py reads the sources).
+    Returns the manifests listed.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with locked(output_dir):
+        manifests = []
+        for entry in sorted(output_dir.iterdir()):
+            if entry.is_dir() and not entry.name.startswith("."):
+                manifest = read_manifest(entry)
+                if manifest is not None and manifest.get("name") == entry.name:
+                    manifests.append(manifest)
+        write_scores_csv(output_dir / SCORES_FILE, manifests)
+        cases = {
+            m["name"]: {key: m.get(key) for key in ("source", "score", "max_slice", "decision")} for m in manifests
+        }
+        with atomic_write(output_dir / CASES_FILE) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(cases, f, indent=2)
+    return manifests
