@@ -157,7 +157,7 @@ def platt_scaling(scores, labels) -> dict:
     x, y = _fit_pixels(scores, labels)
     if y.all() or not y.any():
         raise ValueError("Platt scaling needs both normal and anomalous validation pixels")
-    model = LogisticRegression(penalty=None, max_iter=1000).fit(x[:, None], y)
+    model = LogisticRegression(C=np.inf, max_iter=1000).fit(x[:, None], y)
     return {"slope": float(model.coef_[0, 0]), "offset": float(model.intercept_[0])}
 
 
