@@ -56,6 +56,7 @@ __all__ = [
     "normal_statistics",
     "pixel_threshold",
     "platt_scaling",
+    "slice_scores",
 ]
 
 BRANCHES = ("mediclip", "memory_bank", "fused")
@@ -80,6 +81,31 @@ def foreground(image, level: float = FOREGROUND_LEVEL) -> np.ndarray:
     return _numpy(image) > level
 
 
+def slice_scores(maps, images, top_fraction: float = IMAGE_TOP_FRACTION, level: float = FOREGROUND_LEVEL) -> np.ndarray:
+    """Per-slice image scores: for each slice, the mean of the top ``top_fraction`` of its foreground pixels.
+
+    Args:
+        maps: N x H x W maps of N slices (first axis the slices).
+        images: the slices, scaled to [0, 1], same shape as ``maps``.
+        top_fraction: share of the foreground pixels averaged (at least one pixel).
+        level: foreground level of `foreground`; a slice without foreground uses all its pixels.
+
+    Returns:
+        N float64 scores.
+    """
+    maps, images = _numpy(maps), _numpy(images)
+    if maps.shape != images.shape or maps.ndim != 3:
+        raise ValueError(f"map and image must share one N x H x W shape, got {maps.shape} and {images.shape}")
+    scores = np.empty(len(maps))
+    for i, (slice_map, slice_image) in enumerate(zip(maps, images)):
+        values = slice_map[foreground(slice_image, level)]
+        if values.size == 0:
+            values = slice_map.ravel()
+        count = max(1, math.ceil(top_fraction * values.size))
+        scores[i] = np.partition(values, values.size - count)[-count:].astype(np.float64).mean()
+    return scores
+
+
 def image_score(anomaly_map, image, top_fraction: float = IMAGE_TOP_FRACTION, level: float = FOREGROUND_LEVEL) -> float:
     """The image-level anomaly score: mean of the top ``top_fraction`` of the map's foreground pixels.
 
@@ -90,18 +116,13 @@ def image_score(anomaly_map, image, top_fraction: float = IMAGE_TOP_FRACTION, le
         level: foreground level of `foreground`.
 
     Returns:
-        The score; for a stack of slices the maximum of the slices' scores.
+        The score; for a stack of slices the maximum of the slices' scores (`slice_scores`).
     """
     maps, images = _numpy(anomaly_map), _numpy(image)
     if maps.shape != images.shape or maps.ndim not in (2, 3):
         raise ValueError(f"map and image must share one 2D or N x H x W shape, got {maps.shape} and {images.shape}")
-    if maps.ndim == 3:
-        return max(image_score(m, i, top_fraction, level) for m, i in zip(maps, images))
-    values = maps[foreground(images, level)]
-    if values.size == 0:
-        values = maps.ravel()
-    count = max(1, math.ceil(top_fraction * values.size))
-    return float(np.partition(values, values.size - count)[-count:].astype(np.float64).mean())
+    stack = (maps[None], images[None]) if maps.ndim == 2 else (maps, images)
+    return float(slice_scores(*stack, top_fraction, level).max())
 
 
 def normal_statistics(maps, images, level: float = FOREGROUND_LEVEL) -> dict:

@@ -1,11 +1,19 @@
 """Evaluation reports of the bundle (bundle/configs/evaluate.json): metrics.json, cases.csv, roc.png and
-montage.png, from what ``handlers.EvaluationReport`` collects during the evaluator's run.
+montage.png, from what ``handlers.EvaluationReport`` collects during the evaluator's run; and the parts of
+evaluate.json that report every anomaly branch side by side.
 
 Protocol (MediCLIP, arXiv 2405.11315): every case is put on the model grid (``transforms.ModelGridd``:
 every axial slice at the network's input size, 224 x 224 for ViT-L-14, images bilinear, masks nearest and
-binarised at 0.5), the anomaly maps are computed there, the image score is the map's maximum, and pixel
-metrics pool every slice of every test case (normal images count as all-normal masks; abnormal images
-without a mask count in the image metrics only). AUPRO integrates up to 30% false-positive rate.
+binarised at 0.5), the anomaly maps are computed there, the image score is the model's rule (the map's
+maximum for an uncalibrated model, as the paper; see ``scoring``), and pixel metrics pool every slice of
+every test case (normal images count as all-normal masks; abnormal images without a mask count in the
+image metrics only). AUPRO integrates up to 30% false-positive rate.
+
+Branches: the top-level metrics are those of the network's ``anomaly_branch`` at the thresholds in use.
+A model with a memory bank and calibration is also scored on every branch from the same backbone pass
+(``SliceWiseInferer(branches=...)``, ``branch_scoring``, ``branch_metrics``): metrics.json's ``branches``
+holds, per branch, image AUROC and max F1, pixel AUROC and AUPRO, and at that branch's calibrated
+thresholds the pooled pixel Dice and the image accuracy.
 """
 
 from __future__ import annotations
@@ -18,20 +26,82 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from monai.handlers import from_engine
 
+from . import scoring
 from .io.atomic import atomic_write
-from .metrics import overlay_montage, plot_roc
+from .metrics import ImageAccuracy, ImageAUROC, ImageMaxF1, PixelAUPRO, PixelAUROC, PixelDice, overlay_montage, plot_roc
+from .transforms.postprocessing import AnomalyScored, SplitBranchesd
 
-__all__ = ["MONTAGE_CASES", "case_panels", "case_record", "write_report"]
+__all__ = [
+    "MONTAGE_CASES",
+    "branch_metrics",
+    "branch_scoring",
+    "case_panels",
+    "case_record",
+    "evaluation_branches",
+    "write_report",
+]
 
 logger = logging.getLogger(__name__)
 
 # Rows of the montage: the highest- and the lowest-scoring cases.
 MONTAGE_CASES = 4
 PROTOCOL = (
-    "maps at the network's input size on every axial slice; image score = map maximum; masks resized "
+    "maps at the network's input size on every axial slice; image score = the model's rule (map maximum "
+    "when uncalibrated); masks resized "
     "nearest, >= 0.5 anomalous; pixel metrics pooled over all slices; AUPRO up to 30% FPR"
 )
+
+
+def evaluation_branches(network) -> tuple[str, ...] | None:
+    """The branches evaluated side by side: every one the network can compute, None for a network without
+    branches (then only its own map is evaluated)."""
+    branches = getattr(getattr(network, "module", network), "available_branches", None)
+    return None if branches is None else tuple(branches)
+
+
+def branch_scoring(network, branches: Sequence[str] | None, key: str = "pred") -> list:
+    """Postprocessing of a multi-branch map: one key per branch (``SplitBranchesd``), each scored at its
+    own calibrated thresholds and with the model's image-score rule (keys ``<branch>_mask``,
+    ``<branch>_score``, ``<branch>_abnormal_decision``, ...). Nothing for ``branches`` None."""
+    if not branches:
+        return []
+    model = getattr(network, "module", network)
+    calibration = model.calibration or {}
+    transforms: list = [SplitBranchesd(key, branches, model.anomaly_branch)]
+    for branch in branches:
+        pixel = calibration.get("pixel_threshold", {}).get(branch, 0.5)
+        transforms.append(
+            AnomalyScored(
+                f"{key}_{branch}",
+                threshold=pixel,
+                image_threshold=calibration.get("image_threshold", {}).get(branch, pixel),
+                score_rule=scoring.image_score_rule(model),
+                prefix=f"{branch}_",
+            )
+        )
+    return transforms
+
+
+def branch_metrics(branches: Sequence[str] | None, key: str = "pred") -> dict:
+    """Ignite metrics of every branch, named ``<branch>/<metric>`` (after ``branch_scoring``)."""
+    metrics = {}
+    for branch in branches or ():
+        score, pixels = [f"{branch}_score", "image_truth"], [f"{key}_{branch}", "label"]
+        metrics.update(
+            {
+                f"{branch}/image_auroc": ImageAUROC(output_transform=from_engine(score)),
+                f"{branch}/image_max_f1": ImageMaxF1(output_transform=from_engine(score)),
+                f"{branch}/pixel_auroc": PixelAUROC(output_transform=from_engine(pixels)),
+                f"{branch}/pixel_aupro": PixelAUPRO(output_transform=from_engine(pixels)),
+                f"{branch}/pixel_dice": PixelDice(output_transform=from_engine([f"{branch}_mask", "label"])),
+                f"{branch}/image_accuracy": ImageAccuracy(
+                    output_transform=from_engine([f"{branch}_abnormal_decision", "image_truth"])
+                ),
+            }
+        )
+    return metrics
 
 
 def case_record(case: Mapping) -> dict:
@@ -88,14 +158,21 @@ def write_report(
     metrics: Mapping[str, float],
     montage_cases: Sequence[Mapping],
     threshold: float | None = None,
+    image_threshold: float | None = None,
+    anomaly_branch: str | None = None,
+    calibration: Mapping | None = None,
 ) -> dict:
     """Write metrics.json, cases.csv, roc.png and montage.png of an evaluation into ``output_dir``.
 
     Args:
         records: one ``case_record`` per case.
-        metrics: the evaluator's metrics (``engine.state.metrics``), NaN where undefined.
+        metrics: the evaluator's metrics (``engine.state.metrics``), NaN where undefined; names
+            ``<branch>/<metric>`` (``branch_metrics``) go into metrics.json's ``branches``.
         montage_cases: the cases to show, each ``{"name", "score", "decision", "slices": case_panels(...)}``.
         threshold: the mask threshold (drawn in the montage, recorded in metrics.json).
+        image_threshold: the image decision threshold (recorded).
+        anomaly_branch: the branch of the top-level metrics (recorded).
+        calibration: the model's calibration; each branch's calibrated thresholds are recorded beside its metrics.
 
     Returns:
         the content of metrics.json.
@@ -103,11 +180,23 @@ def write_report(
     os.makedirs(output_dir, exist_ok=True)
     labels = np.array([r["abnormal"] for r in records])
     scores = np.array([r["score"] for r in records])
+    overall = {name: value for name, value in metrics.items() if "/" not in name}
+    branches: dict[str, dict] = {}
+    for name, value in metrics.items():
+        if "/" in name:
+            branch, metric = name.split("/", 1)
+            branches.setdefault(branch, {})[metric] = _json_number(float(value))
+    for branch, values in branches.items():
+        for entry in ("pixel_threshold", "image_threshold"):
+            values[entry] = (calibration or {}).get(entry, {}).get(branch)
     report = {
         "n_cases": len(records),
         "n_abnormal": int(labels.sum()),
-        **{name: _json_number(float(value)) for name, value in metrics.items()},
+        "anomaly_branch": anomaly_branch,
+        **{name: _json_number(float(value)) for name, value in overall.items()},
         "threshold": threshold,
+        "image_threshold": image_threshold,
+        **({"branches": branches} if branches else {}),
         "protocol": PROTOCOL,
     }
     with atomic_write(os.path.join(output_dir, "metrics.json")) as tmp, open(tmp, "w") as f:

@@ -56,14 +56,27 @@ class EvaluationReport:
     Args:
         output_dir: where metrics.json, cases.csv, roc.png and montage.png go.
         threshold: the mask threshold (drawn in the montage).
+        image_threshold, anomaly_branch, calibration: recorded in metrics.json (see ``evaluation.write_report``).
 
     The report is written only when every case was evaluated: metrics over part of a test set would
     mislead, so with failed cases nothing is written and the evaluator's error lists them.
     """
 
-    def __init__(self, output_dir: str, threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str,
+        threshold: float | None = None,
+        image_threshold: float | None = None,
+        anomaly_branch: str | None = None,
+        calibration: dict | None = None,
+    ) -> None:
         self.output_dir = output_dir
         self.threshold = threshold
+        self.model_details = {
+            "image_threshold": image_threshold,
+            "anomaly_branch": anomaly_branch,
+            "calibration": calibration,
+        }
         self.reset()
 
     def attach(self, engine: Engine) -> None:
@@ -99,7 +112,9 @@ class EvaluationReport:
         if failed:
             logger.error(f"evaluation report not written: {failed} case(s) failed (listed below)")
             return
-        write_report(self.output_dir, records, engine.state.metrics, _extremes(shown), self.threshold)
+        write_report(
+            self.output_dir, records, engine.state.metrics, _extremes(shown), self.threshold, **self.model_details
+        )
 
 
 def _extremes(cases: list[dict]) -> list[dict]:

@@ -25,9 +25,12 @@ __all__ = ["load_trained_model", "plan_cases"]
 logger = logging.getLogger(__name__)
 
 
-def load_trained_model(ckpt_path: str, device: str = "cpu", clip_checkpoint: str | None = None) -> MediCLIP:
-    """Rebuild the network recorded in ``ckpt_path`` with its trained weights (see ``networks.load_mediclip``)."""
-    return load_mediclip(ckpt_path, clip_checkpoint=clip_checkpoint, device=device)
+def load_trained_model(
+    ckpt_path: str, device: str = "cpu", clip_checkpoint: str | None = None, anomaly_branch: str | None = None
+) -> MediCLIP:
+    """Rebuild the network recorded in ``ckpt_path`` with its trained weights (see ``networks.load_mediclip``);
+    ``anomaly_branch`` None keeps the model's calibrated default."""
+    return load_mediclip(ckpt_path, clip_checkpoint=clip_checkpoint, device=device, anomaly_branch=anomaly_branch)
 
 
 def plan_cases(input: str, output_dir: str, overwrite: bool = False, identity: Mapping | None = None) -> list[dict]:

@@ -9,10 +9,12 @@ Where a metric is undefined because only one class is present (every test image 
 without any anomalous pixel), the functions return NaN and warn instead of raising, so an evaluation
 run on such data still finishes and logs the other metrics.
 
-The Ignite metrics (:class:`ImageAUROC`, :class:`ImageMaxF1`, :class:`PixelAUROC`, :class:`PixelAUPRO`)
-plug into MONAI's ``SupervisedEvaluator`` as ``key_val_metric`` / ``additional_metrics``; they accumulate
-over iterations and gather across processes in distributed runs. Training validation and evaluation use
-the same ones, and the image score is ``scoring.image_scores`` everywhere. From a bundle config::
+The Ignite metrics (:class:`ImageAUROC`, :class:`ImageMaxF1`, :class:`PixelAUROC`, :class:`PixelAUPRO`,
+and at a threshold :class:`PixelDice`, :class:`ImageAccuracy`) plug into MONAI's ``SupervisedEvaluator`` as
+``key_val_metric`` / ``additional_metrics``; they accumulate over iterations and gather across processes
+in distributed runs. Training validation and evaluation use the same ones; the image score is the one
+``transforms.AnomalyScored`` gives by the model's rule (``scoring``), or the map's maximum when they are
+given maps. From a bundle config::
 
     {"_target_": "mediclip_monai.metrics.ImageAUROC",
      "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}
@@ -38,9 +40,11 @@ from .scoring import image_scores
 
 __all__ = [
     "ImageAUROC",
+    "ImageAccuracy",
     "ImageMaxF1",
     "PixelAUPRO",
     "PixelAUROC",
+    "PixelDice",
     "image_auroc",
     "max_f1",
     "overlay_montage",
@@ -293,12 +297,29 @@ class _AccumulatingMetric(Metric):
         raise NotImplementedError
 
 
+def _is_score_list(pred) -> bool:
+    """Whether ``pred`` is one image score per sample (numbers or 1-element tensors), not anomaly maps."""
+    if isinstance(pred, torch.Tensor):
+        return pred.ndim == 1
+    return isinstance(pred, (list, tuple)) and all(
+        p is None or isinstance(p, (int, float)) or (isinstance(p, torch.Tensor) and p.numel() == 1) for p in pred
+    )
+
+
 class _ImageMetric(_AccumulatingMetric):
-    """An image-level metric: score = ``scoring.image_scores`` of the anomaly map, truth = the image label,
-    or whether the mask has an anomalous pixel."""
+    """An image-level metric: score = the given image score of each sample (``transforms.AnomalyScored``'s
+    ``score``, by the model's rule), or ``scoring.image_scores`` (the maximum) of its anomaly map; truth =
+    the image label, or whether the mask has an anomalous pixel."""
 
     @reinit__is_reduced
     def update(self, output: Sequence[torch.Tensor]) -> None:
+        pred, label = output
+        if pred is not None and label is not None and _is_score_list(pred):
+            pairs = [(float(p), _plain_tensor(t)) for p, t in zip(list(pred), list(label)) if p is not None]
+            if pairs:
+                scores = torch.tensor([score for score, _ in pairs], dtype=torch.float32)
+                self._append(scores, torch.stack([(t > 0).any() for _, t in pairs]))
+            return
         samples = _samples_of(output)
         if samples:
             scores = torch.cat([image_scores(anomaly[None]) for anomaly, _ in samples])
@@ -306,13 +327,16 @@ class _ImageMetric(_AccumulatingMetric):
 
 
 class ImageAUROC(_ImageMetric):
-    """Image-level AUROC as an Ignite metric: score = max of the anomaly map, truth = image label or mask.
+    """Image-level AUROC as an Ignite metric: score = the image score given, or the max of the anomaly map;
+    truth = image label or mask.
 
     Args:
         output_transform: maps ``engine.state.output`` to ``(pred, label)``; in MONAI
             ``monai.handlers.from_engine(["pred", "label"])``. ``pred``: B x 2 x spatial softmax maps
-            (channel 1 = anomalous), B x 1 x spatial anomaly maps, or lists of per-sample C x spatial
-            tensors; ``label``: B x 1 x spatial binary masks, or one image label (0/1) per sample. Samples
+            (channel 1 = anomalous), B x 1 x spatial anomaly maps, lists of per-sample C x spatial
+            tensors, or one image score per sample (``from_engine(["score", ...])`` after
+            ``transforms.AnomalyScored``: the model's image-score rule); ``label``: B x 1 x spatial binary
+            masks, or one image label (0/1) per sample. Samples
             whose pred or label is None are left out.
         device: where Ignite keeps the metric's state; the samples themselves are kept on the CPU.
 
@@ -329,6 +353,61 @@ class ImageMaxF1(_ImageMetric):
 
     def _score(self, truths: np.ndarray, scores: np.ndarray) -> float:
         return max_f1(truths, scores)
+
+
+class ImageAccuracy(_ImageMetric):
+    """Share of images whose decision is right, as an Ignite metric.
+
+    ``output_transform`` gives ``(decisions, label)``: per sample 1 (abnormal) or 0 (normal), e.g.
+    ``from_engine(["abnormal_decision", "image_truth"])`` after ``transforms.AnomalyScored`` (its image threshold);
+    ``label`` as for ``ImageAUROC``.
+    """
+
+    def _score(self, truths: np.ndarray, scores: np.ndarray) -> float:
+        return float(np.mean((scores >= 0.5) == (truths > 0)))
+
+
+class PixelDice(Metric):
+    """Dice of the thresholded masks against the truth, pooled over every pixel of every case, as an Ignite
+    metric: ``2 |mask & truth| / (|mask| + |truth|)`` (pooled, so normal images with empty truth count too).
+
+    Args:
+        output_transform: gives ``(mask, label)``: per sample a binary mask (``transforms.AnomalyScored``'s
+            ``mask``) and the truth mask of the same shape; a None in either leaves the sample out.
+
+    ``compute()`` sums the counts of every process; NaN, with a warning, when mask and truth are both empty.
+    """
+
+    def __init__(self, output_transform: Callable = lambda x: x, device: str | torch.device = "cpu") -> None:
+        super().__init__(output_transform=output_transform, device=device)
+
+    @reinit__is_reduced
+    def reset(self) -> None:
+        self._counts = torch.zeros(3, dtype=torch.float64)  # intersection, mask, truth
+
+    @reinit__is_reduced
+    def update(self, output) -> None:
+        masks, labels = output
+        if masks is None or labels is None:
+            return
+        for mask, truth in zip(list(masks), list(labels)):
+            if mask is None or truth is None:
+                continue
+            mask, truth = _plain_tensor(mask) > 0, _plain_tensor(truth) > 0
+            if mask.shape != truth.shape:
+                raise ValueError(f"truth shape {tuple(truth.shape)} does not match the mask {tuple(mask.shape)}")
+            counts = [(mask & truth).sum(), mask.sum(), truth.sum()]
+            self._counts += torch.tensor([float(c) for c in counts], dtype=torch.float64)
+
+    def compute(self) -> float:
+        counts = self._counts
+        if idist.get_world_size() > 1:
+            counts = idist.all_reduce(counts.to(idist.device())).cpu()
+        intersection, mask, truth = (float(c) for c in counts)
+        if mask + truth == 0:
+            warnings.warn("pixel Dice is undefined when masks and truth are all empty; returning NaN", stacklevel=2)
+            return float("nan")
+        return 2.0 * intersection / (mask + truth)
 
 
 class PixelAUROC(_AccumulatingMetric):

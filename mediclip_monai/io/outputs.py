@@ -195,7 +195,8 @@ class SaveCaseOutputsd(MapTransform):
         mask_key: the uint8 mask key (``AnomalyScored``).
         name_key, source_key: the case's name and its image file or DICOM series folder.
 
-    The case's ``score``, ``max_slice``, ``threshold`` and ``decision`` (``AnomalyScored``) go into the
+    The case's ``score``, ``max_slice``, ``threshold``, ``image_threshold``, ``abnormal`` and ``decision``
+    (``AnomalyScored``) go into the
     manifest. Sets ``case_folder`` (the folder written) and ``name`` (the name it got).
     """
 
@@ -239,6 +240,8 @@ class SaveCaseOutputsd(MapTransform):
                 "score": float(d["score"]),
                 "max_slice": d.get("max_slice"),
                 "threshold": float(d["threshold"]),
+                "image_threshold": float(d.get("image_threshold", d["threshold"])),
+                "abnormal": int(d["decision"] == "abnormal"),
                 "decision": d["decision"],
                 **self.identity,
                 "outputs": list(files.values()),

@@ -394,24 +394,34 @@ def write_dicom_seg(
 # --- scores ------------------------------------------------------------------------------------------
 
 
+def _shortest(value) -> str:
+    """Shortest text that reads back to the same value in the number's own precision."""
+    return np.format_float_positional(_as_numpy(value), unique=True, trim="-")
+
+
 def write_scores_csv(path: str | os.PathLike, rows: Iterable[Mapping]) -> Path:
-    """Write the run's per-case scores as CSV with the header ``name,score,max_slice``.
+    """Write the run's per-case scores as CSV: ``name,score,max_slice,threshold,image_threshold,abnormal``.
 
     Args:
-        rows: dicts with ``name``, ``score`` (image anomaly score, the map's maximum) and ``max_slice``
-            (index of the slice holding the maximum for 3D inputs; ``None`` or ``""`` for 2D, written
-            as an empty field).
+        rows: dicts with ``name``, ``score`` (the image anomaly score, by the model's rule), ``max_slice``
+            (index of the slice holding it for 3D inputs; ``None`` or ``""`` for 2D, written as an empty
+            field) and, when known, ``threshold`` (the mask threshold used), ``image_threshold`` (the
+            decision threshold used) and ``abnormal`` (1 when the score reaches the image threshold, else 0).
     """
     path = Path(path)
     with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["name", "score", "max_slice"])
+        writer.writerow(["name", "score", "max_slice", "threshold", "image_threshold", "abnormal"])
         for row in rows:
             max_slice = row.get("max_slice")
-            writer.writerow([
-                row["name"],
-                # Shortest text that reads back to the same value in the score's own precision.
-                np.format_float_positional(_as_numpy(row["score"]), unique=True, trim="-"),
-                "" if max_slice is None or max_slice == "" else int(max_slice),
-            ])
+            writer.writerow(
+                [
+                    row["name"],
+                    _shortest(row["score"]),
+                    "" if max_slice is None or max_slice == "" else int(max_slice),
+                    "" if row.get("threshold") is None else _shortest(row["threshold"]),
+                    "" if row.get("image_threshold") is None else _shortest(row["image_threshold"]),
+                    "" if row.get("abnormal") is None else int(row["abnormal"]),
+                ]
+            )
     return path

@@ -2,8 +2,10 @@
 
 The label MONAI Label returns (and 3D Slicer shows as the segment "anomaly") is the anomaly map
 thresholded at ``threshold``: uint8 NIfTI, value 1 = anomalous, with the study's shape and affine.
-The continuous map (float32 in [0, 1], same grid) is written to a file beside it and its path is put
-in the result JSON, with the image score (the map's maximum) and, for volumes, the slice holding it.
+``threshold`` "calibrated" (the default) is the model's calibrated threshold, as inference's
+``threshold: null``; a number overrides it. The continuous map (float32 in [0, 1], same grid) is written
+to a file beside it and its path is put in the result JSON, with the image score (the model's rule, see
+``mediclip_monai.scoring``), the slice holding it for volumes, the thresholds used and the decision.
 
 The network is rebuilt from ``model.pt`` (the backbone is recorded inside it) and reloaded whenever
 that file changes, so a newly trained or uploaded model is live for the next request.
@@ -26,11 +28,20 @@ from mediclip_monai.data.loading import read_image
 from mediclip_monai.inference import load_trained_model
 from mediclip_monai.inferers import SliceWiseInferer
 from mediclip_monai.io.writers import write_anomaly_map, write_anomaly_mask
+from mediclip_monai.scoring import decision_threshold, image_decision_threshold, image_score_rule
 from mediclip_monai.transforms import AnomalyScored, ScaleIntensityRobustd
 
 logger = logging.getLogger(__name__)
 
 LABEL_NAMES = {"anomaly": 1}
+CALIBRATED = "calibrated"  # the threshold value that stands for the model's calibrated one
+
+
+def threshold_value(value) -> float | None:
+    """A threshold of the app config or a request: None (the model's calibrated one) for "calibrated" or empty."""
+    if value is None or str(value).strip().lower() in ("", CALIBRATED, "none", "null"):
+        return None
+    return float(value)
 
 
 class StudyReadError(ValueError):
@@ -62,8 +73,8 @@ class AnomalyInferTask(BasicInferTask):
     Args:
         model_path: the bundle's ``<ckpt_dir>/model.pt`` (written by training, read at each request
             when it changed).
-        threshold: anomaly probability at and above which a voxel belongs to the segment (a request
-            may override it with the ``threshold`` param).
+        threshold: anomaly value at and above which a voxel belongs to the segment; None: the model's
+            calibrated threshold (a request may override it with the ``threshold`` param).
         device: default device of inference ("cpu", "cuda", "cuda:1"); a request's ``device`` wins.
         clip_checkpoint: local CLIP weights, when the backbone recorded in model.pt cannot be downloaded.
         batch_size: slices per forward pass.
@@ -72,12 +83,13 @@ class AnomalyInferTask(BasicInferTask):
     def __init__(
         self,
         model_path: str,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         device: str | None = None,
         clip_checkpoint: str | None = None,
         batch_size: int = 8,
     ) -> None:
-        config: dict[str, Any] = {"threshold": float(threshold), "batch_size": int(batch_size)}
+        shown = CALIBRATED if threshold is None else float(threshold)
+        config: dict[str, Any] = {"threshold": shown, "batch_size": int(batch_size)}
         if device:
             config["device"] = [device]
         super().__init__(
@@ -122,12 +134,19 @@ class AnomalyInferTask(BasicInferTask):
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch=True, device="cpu"):
         network = self._get_network(device, data)
-        threshold = float(data.get("threshold", self._config["threshold"]))
+        threshold = decision_threshold(threshold_value(data.get("threshold", self._config["threshold"])), network)
+        scoring = AnomalyScored(
+            keys="pred",
+            threshold=threshold,
+            image_threshold=image_decision_threshold(None, network, threshold),
+            score_rule=image_score_rule(network),
+        )
         inferer = SliceWiseInferer(batch_size=int(data.get("batch_size", 8)))
-        scored = AnomalyScored(keys="pred", threshold=threshold)({"pred": inferer(data["image"][None], network)[0]})
+        scored = scoring({"pred": inferer(data["image"][None], network)[0], "image": data["image"]})
         data["anomaly_map"] = np.asarray(scored["pred"][0].cpu(), dtype=np.float32)
         data[self.output_label_key] = np.asarray(scored["mask"][0].cpu(), dtype=np.uint8)
-        data[self.output_json_key] = {k: scored[k] for k in ("score", "max_slice", "threshold")}
+        keys = ("score", "max_slice", "threshold", "image_threshold", "decision")
+        data[self.output_json_key] = {k: scored[k] for k in keys}
         return data
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[str, dict]:

@@ -11,7 +11,7 @@ App config (``--conf KEY VALUE``):
     output_dir       training runs and maps of uploaded images (default: ``<bundle_dir>/runs/monailabel``)
     clip_model, clip_pretrained, clip_checkpoint
                      backbone of training (defaults: train.json's); inference reads it from model.pt
-    threshold        anomaly probability of the segment (default 0.5)
+    threshold        anomaly value of the segment (default "calibrated": the model's calibrated threshold)
     device           "cpu", "cuda", "cuda:1" (default: cuda when available)
     epochs, k_shot, seed
                      training defaults shown in the client (default 20, 8, 0)
@@ -36,7 +36,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 
 import mediclip_monai
-from mediclip_monai.label.infer_task import AnomalyInferTask, ModelNotTrainedError, StudyReadError
+from mediclip_monai.label.infer_task import AnomalyInferTask, ModelNotTrainedError, StudyReadError, threshold_value
 from mediclip_monai.label.train_task import FewShotTrainTask
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class MediCLIPApp(MONAILabelApp):
         )
         self.model_path = os.path.join(self.ckpt_dir, "model.pt")
         self.device = conf.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.threshold = float(conf.get("threshold", 0.5))
+        self.threshold = threshold_value(conf.get("threshold"))
         self.clip_model = conf.get("clip_model") or _train_config_value(
             self.bundle_dir, "clip_model", "ViT-L-14"
         )

@@ -7,7 +7,7 @@ mask)`` out) and the task mixture, ``dictionary`` their ``image``/``label`` dict
 
 The inference and evaluation recipes' transforms live beside them: ``preprocessing`` (reading, intensity
 scaling, mask binarisation, the evaluation grid, and ``ClipInput``, the network's input contract) and
-``postprocessing`` (scoring and thresholding an anomaly map, the truth of an evaluation case).
+``postprocessing`` (scoring and thresholding an anomaly map, one key per branch, the truth of an evaluation case).
 """
 
 from .dictionary import (
@@ -33,7 +33,7 @@ from .dictionary import (
     RandSourceDeformationd,
     RandSourceDeformationDict,
 )
-from .postprocessing import AnomalyScored, AnomalyTruthd
+from .postprocessing import AnomalyScored, AnomalyTruthd, SplitBranchesd
 from .preprocessing import (
     MODEL_GRID_AFFINE,
     BinariseMaskd,
@@ -103,6 +103,7 @@ __all__ = [
     "RandSourceDeformationd",
     "ReadImaged",
     "ScaleIntensityRobustd",
+    "SplitBranchesd",
     "as_image_array",
     "deformed_hypershape",
     "make_synthesis_task",

@@ -1,7 +1,9 @@
 """Map transforms of the inference and evaluation recipes after the network.
 
-- ``AnomalyScored``: one case's anomaly map -> mask at the threshold, image score, slice of the
-  maximum and image-level decision, by the rules of ``mediclip_monai.scoring``.
+- ``AnomalyScored``: one case's anomaly map -> mask at the threshold, image score, the slice holding it
+  and image-level decision, by the rules of ``mediclip_monai.scoring``.
+- ``SplitBranchesd``: the maps of several anomaly branches (``SliceWiseInferer(branches=...)``, one
+  channel each) into one key per branch, the network's own branch staying under the map key.
 - ``AnomalyTruthd``: evaluation's truth of a case: the image label (``abnormal``, else whether the
   mask has an anomalous voxel) and the mask (all normal for a normal image given without one).
 """
@@ -18,48 +20,103 @@ from monai.utils import convert_to_dst_type
 
 from ..data.datalists import DataError
 from ..data.loading import axial_axis
-from ..scoring import anomaly_mask, decision, image_score, max_slice
+from ..scoring import anomaly_mask, case_score, decision
 
-__all__ = ["AnomalyScored", "AnomalyTruthd"]
+__all__ = ["AnomalyScored", "AnomalyTruthd", "SplitBranchesd"]
 
 
 class AnomalyScored(MapTransform):
     """Score one case's anomaly map and threshold it.
 
     Args:
-        keys: the anomaly map, ``(1, H, W)`` or ``(1, H, W, D)`` probabilities in [0, 1] (a MetaTensor: its
-            affine gives a volume's axial axis).
-        threshold: anomaly probability at and above which a voxel is in the mask and a case is abnormal
+        keys: the anomaly map, ``(1, H, W)`` or ``(1, H, W, D)`` values in [0, 1] (a MetaTensor: its affine
+            gives a volume's axial axis).
+        threshold: anomaly value at and above which a voxel is in the mask
             (``scoring.decision_threshold`` turns the config's ``threshold`` into it).
+        image_threshold: image score at and above which a case is abnormal
+            (``scoring.image_decision_threshold``); None: ``threshold``.
+        score_rule: the image-score rule (``scoring.image_score_rule`` of the network); None: the map's maximum.
+        image_key: the case's image scaled to [0, 1] on the map's grid (a calibrated rule's foreground).
         mask_key: where the uint8 mask goes (same shape and metadata as the map).
+        prefix: put before every key written (``"fused_"``: ``fused_mask``, ``fused_score``, ...), so several
+            maps of one case can be scored side by side.
         allow_missing_keys: skip a missing map.
 
-    Adds ``score`` (the map's maximum), ``max_slice`` (for volumes the axial slice index holding it,
-    else None), ``threshold`` and ``decision`` (``"abnormal"`` or ``"normal"``).
+    Adds ``score``, ``max_slice`` (for volumes the axial slice index holding the score, else None),
+    ``threshold``, ``image_threshold``, ``abnormal_decision`` (1 or 0; not ``abnormal``, a datalist's truth)
+    and ``decision`` (``"abnormal"`` or ``"normal"``).
     """
 
     def __init__(
-        self, keys: KeysCollection = "pred", threshold: float = 0.5, mask_key: str = "mask", allow_missing_keys=False
+        self,
+        keys: KeysCollection = "pred",
+        threshold: float = 0.5,
+        image_threshold: float | None = None,
+        score_rule: Mapping | None = None,
+        image_key: str = "image",
+        mask_key: str = "mask",
+        prefix: str = "",
+        allow_missing_keys=False,
     ):
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"AnomalyScored scores one anomaly map, got keys {self.keys}")
         self.threshold = float(threshold)
-        self.mask_key = mask_key
+        self.image_threshold = self.threshold if image_threshold is None else float(image_threshold)
+        self.score_rule = None if score_rule is None else dict(score_rule)
+        self.image_key, self.mask_key, self.prefix = image_key, mask_key, prefix
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             anomaly_map = d[key]
-            score = image_score(anomaly_map)
-            d[self.mask_key] = anomaly_mask(anomaly_map, self.threshold)
-            d["score"] = score
-            d["max_slice"] = None
+            axis = None
             if anomaly_map.ndim == 4:
-                affine = anomaly_map.affine if isinstance(anomaly_map, MetaTensor) else torch.eye(4)
-                d["max_slice"] = max_slice(anomaly_map[0], axial_axis(affine))
-            d["threshold"] = self.threshold
-            d["decision"] = decision(score, self.threshold)
+                axis = axial_axis(anomaly_map.affine if isinstance(anomaly_map, MetaTensor) else torch.eye(4))
+            image = d.get(self.image_key) if self.score_rule is not None else None
+            score, index = case_score(anomaly_map[0], None if image is None else image[0], self.score_rule, axis)
+            verdict = decision(score, self.image_threshold)
+            d[self.prefix + self.mask_key] = anomaly_mask(anomaly_map, self.threshold)
+            d.update(
+                {
+                    self.prefix + "score": score,
+                    self.prefix + "max_slice": index,
+                    self.prefix + "threshold": self.threshold,
+                    self.prefix + "image_threshold": self.image_threshold,
+                    self.prefix + "abnormal_decision": int(verdict == "abnormal"),
+                    self.prefix + "decision": verdict,
+                }
+            )
+        return d
+
+
+class SplitBranchesd(MapTransform):
+    """One key per anomaly branch from a map with one channel per branch.
+
+    Args:
+        keys: the multi-branch map, ``(len(branches), H, W[, D])``.
+        branches: the branch of each channel, in order.
+        main_branch: the branch left under ``keys`` (one channel), the one the network writes.
+
+    Adds ``<key>_<branch>`` (one channel, same metadata) for every branch.
+    """
+
+    def __init__(self, keys: KeysCollection, branches, main_branch: str):
+        super().__init__(keys)
+        self.branches = tuple(branches)
+        if main_branch not in self.branches:
+            raise ValueError(f"main branch {main_branch!r} is not among {self.branches}")
+        self.main_branch = main_branch
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            maps = d[key]
+            if maps.shape[0] != len(self.branches):
+                raise ValueError(f"{key}: {maps.shape[0]} channels for the branches {self.branches}")
+            for index, branch in enumerate(self.branches):
+                d[f"{key}_{branch}"] = maps[index : index + 1]
+            d[key] = d[f"{key}_{self.main_branch}"]
         return d
 
 

@@ -17,6 +17,10 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from sklearn.metrics import roc_auc_score
 
+from mediclip_monai.calibration import slice_scores
+from mediclip_monai.data.loading import scale_intensity
+from mediclip_monai.networks import load_mediclip
+
 from .conftest import EVALUATE, INFERENCE, REPO, TRAIN, cli, run_workflow
 
 
@@ -70,13 +74,21 @@ def test_oblique_anisotropic_nifti_map_and_mask_keep_shape_and_affine(trained, t
     assert 0 <= anomaly_map.min() and anomaly_map.max() <= 1
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
     assert rows[0]["name"] == "oblique"
-    assert float(rows[0]["score"]) == pytest.approx(anomaly_map.max(), abs=1e-5)
-    max_slice = int(rows[0]["max_slice"])
-    assert anomaly_map[:, max_slice, :].max() == pytest.approx(anomaly_map.max(), abs=1e-5)
+    # the calibrated model's own rule and thresholds (threshold null): per axial slice, the mean of the top
+    # 1% of its foreground pixels; the volume's score is its best slice
+    calibration = load_mediclip(os.path.join(trained, "model.pt")).calibration
+    per_slice = slice_scores(np.moveaxis(anomaly_map, 1, 0), np.moveaxis(scale_intensity(volume), 1, 0))
+    assert float(rows[0]["score"]) == pytest.approx(per_slice.max(), abs=1e-5)
+    assert int(rows[0]["max_slice"]) == int(per_slice.argmax())
+    pixel, image = calibration["pixel_threshold"]["fused"], calibration["image_threshold"]["fused"]
+    assert float(rows[0]["threshold"]) == pytest.approx(pixel)
+    assert float(rows[0]["image_threshold"]) == pytest.approx(image)
+    assert int(rows[0]["abnormal"]) == int(float(rows[0]["score"]) >= image)
     data, header = nrrd.read(str(case / "oblique_anomaly.seg.nrrd"))
     assert header["Segment0_Name"] == "anomaly"
     mask = nib.load(str(case / "oblique_anomaly_mask.nii.gz")).get_fdata()
     np.testing.assert_array_equal(data, mask)
+    np.testing.assert_array_equal(mask, anomaly_map >= np.float32(pixel))
     assert not glob.glob(str(tmp_path / "out" / "**" / "*.tmp*"), recursive=True)
 
 
@@ -237,6 +249,22 @@ def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, d
     # test_engine_recipes.py::test_evaluation_metrics_match_scikit_learn_on_known_maps (a network stub)
     assert 0 <= metrics["pixel_auroc"] <= 1
     assert 0 <= metrics["pixel_aupro"] <= 1
+    # the calibrated model is reported on every branch from one pass; the top level is its default branch
+    assert metrics["anomaly_branch"] == "fused"
+    branches = metrics["branches"]
+    assert set(branches) == {"mediclip", "memory_bank", "fused"}
+    for values in branches.values():
+        assert set(values) == {
+            "image_auroc", "image_max_f1", "pixel_auroc", "pixel_aupro", "pixel_dice", "image_accuracy",
+            "pixel_threshold", "image_threshold",
+        }  # fmt: skip
+        assert all(0 <= values[key] <= 1 for key in ("image_auroc", "pixel_auroc", "pixel_dice", "image_accuracy"))
+    for key in ("image_auroc", "image_max_f1", "pixel_auroc", "pixel_aupro"):
+        assert branches["fused"][key] == pytest.approx(metrics[key]), key
+    assert metrics["threshold"] == pytest.approx(branches["fused"]["pixel_threshold"])
+    decisions = [int(c["decision"] == "abnormal") for c in cases]
+    accuracy = np.mean([d == t for d, t in zip(decisions, labels)])
+    assert branches["fused"]["image_accuracy"] == pytest.approx(accuracy)
 
 
 def test_a_folder_of_nifti_files_is_one_case_per_file_and_a_series_folder_is_one_case(tmp_path):

@@ -113,8 +113,7 @@ def server(tmp_path_factory):
         "clip_model": "mediclip-tiny",
         "clip_pretrained": "none",
         "device": "cpu",
-        "threshold": "0.5",
-    }
+    }  # threshold: the default, the model's calibrated one
     command = ["bash", str(REPO / "scripts" / "run_monailabel.sh"), str(studies), str(REPO / "bundle")]
     for key, value in conf.items():
         command += ["--conf", key, str(value)]
@@ -263,8 +262,10 @@ def test_slicer_workflow_on_the_real_server(server: Server, tmp_path: Path):
     np.testing.assert_allclose(anomaly_map.affine, study.affine, atol=1e-4)
     first_map = np.asarray(anomaly_map.dataobj, dtype=np.float32)
     assert first_map.min() >= 0.0 and first_map.max() <= 1.0
-    assert np.isclose(first_map.max(), params["score"], atol=1e-5)
-    # the mask is the map at the threshold
+    # the image score by the calibrated model's rule (a mean of its top foreground values), and its decision
+    assert params["score"] <= first_map.max() + 1e-6
+    assert params["decision"] == ("abnormal" if params["score"] >= params["image_threshold"] else "normal")
+    # the mask is the map at the (calibrated) threshold
     np.testing.assert_array_equal(np.asarray(label.dataobj) > 0, first_map >= params["threshold"])
     # the map is kept in the datastore beside the study, downloadable by any client
     response = server.get("/datastore/label", params={"label": "study_3", "tag": params["anomaly_map_tag"]})
