@@ -1,0 +1,111 @@
+"""The model card's export commands (MONAI's own ``ckpt_export`` and ``onnx_export``) on a tiny trained model.
+
+The exported networks give the PyTorch network's probabilities at batch 1 and 2 (one export serves any
+batch size), and hold the text features as a constant: the prompts are no part of the exported graph.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from mediclip_monai.networks import load_mediclip
+
+from .conftest import INFERENCE, META, REPO, cli
+
+pytestmark = pytest.mark.slow
+
+# The commands exactly as bundle/docs/README.md ("MONAI Bundle Commands") gives them, run from the repository root.
+CONFIG = os.path.relpath(INFERENCE, REPO)
+METADATA = os.path.relpath(META, REPO)
+ONNX_CONVERTER_KWARGS = (
+    "{'input_names': ['image'], 'output_names': ['pred'], 'dynamic_axes': {'image': {0: 'batch'}, 'pred': {0: 'batch'}}}"
+)
+TOLERANCE = 1e-4
+
+
+def export_command(command, filepath, ckpt_dir, input_shape, *extra):
+    return [
+        "-m",
+        "monai.bundle",
+        command,
+        "network_def",
+        "--filepath",
+        str(filepath),
+        "--meta_file",
+        METADATA,
+        "--config_file",
+        CONFIG,
+        "--ckpt_dir",
+        ckpt_dir,
+        "--ckpt_file",
+        os.path.join(ckpt_dir, "model.pt"),
+        "--use_trace",
+        "True",
+        "--input_shape",
+        input_shape,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def network(trained):
+    return load_mediclip(os.path.join(trained, "model.pt"))
+
+
+def images(batch):
+    return torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
+
+
+def test_torchscript_export_matches_the_network(trained, network, tmp_path):
+    filepath = tmp_path / "model.ts"
+    result = cli(export_command("ckpt_export", filepath, trained, "[1, 3, 224, 224]"))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    extra = {"metadata.json": "", "inference.json": ""}
+    exported = torch.jit.load(str(filepath), _extra_files=extra)
+    assert b'"network_data_format"' in extra["metadata.json"] and b'"network_def"' in extra["inference.json"]
+    for batch in (1, 2):
+        x = images(batch)
+        with torch.no_grad():
+            expected, got = network(x), exported(x)
+        assert got.shape == (batch, 2, 224, 224)
+        assert float((got - expected).abs().max()) < TOLERANCE
+
+    # Baked in: changing the exported module's prompt contexts changes nothing, as the text tower is not run.
+    with torch.no_grad():
+        before = exported(images(1))
+        exported.prompts.context.add_(1.0)
+        torch.testing.assert_close(exported(images(1)), before, rtol=0, atol=0)
+
+
+def test_onnx_export_matches_the_network_at_any_batch_size(trained, network, tmp_path):
+    onnx = pytest.importorskip("onnx", reason='ONNX export needs the export extra: pip install -e ".[export]"')
+    onnxruntime = pytest.importorskip("onnxruntime")
+    filepath = tmp_path / "model.onnx"
+    command = export_command(
+        "onnx_export", filepath, trained, "[2, 3, 224, 224]", "--converter_kwargs", ONNX_CONVERTER_KWARGS
+    )
+    result = cli(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    model = onnx.load(str(filepath))
+    batch_axes = [graph_io.type.tensor_type.shape.dim[0].dim_param for graph_io in (*model.graph.input, *model.graph.output)]
+    assert batch_axes == ["batch", "batch"]
+    session = onnxruntime.InferenceSession(str(filepath), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    for batch in (1, 2):
+        x = images(batch)
+        with torch.no_grad():
+            expected = network(x).numpy()
+        (got,) = session.run(["pred"], {"image": x.numpy()})
+        assert got.shape == (batch, 2, 224, 224)
+        assert float(np.abs(got - expected).max()) < TOLERANCE
+
+    # Baked in: the graph holds the text features as a constant, and none of the prompts or the text tower.
+    names = [i.name for i in model.graph.initializer]
+    assert not [n for n in names if n.startswith("prompts.") or "token_embedding" in n]
+    text = network.text_features().detach().numpy()
+    constants = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer if tuple(i.dims) == text.shape]
+    assert any(np.allclose(c, text, atol=1e-6) for c in constants)
