@@ -326,3 +326,21 @@ def test_read_nrrd_matches_the_same_nifti(tmp_path):
     assert a.shape == b.shape
     torch.testing.assert_close(a.as_tensor(), b.as_tensor())
     np.testing.assert_allclose(a.affine.numpy(), b.affine.numpy(), atol=1e-5)
+
+
+def test_one_voxel_thick_volume_across_the_slice_plane_says_what_would_work(tmp_path):
+    pixels = np.random.default_rng(0).random((1, 40, 30)).astype(np.float32)
+    path = _save_nifti(tmp_path / "flat.nii.gz", pixels)  # identity affine: axis 2 is superior-inferior
+    with pytest.raises(DataError) as error:
+        read_image(path)
+    message = str(error.value)
+    assert str(path) in message and "1 x 40 x 30" in message and "1 x 40 pixels" in message
+    assert "2D image of 40 x 30 pixels" in message and "40 x 30 x 1 volume" in message
+    # what the message proposes works, and so does the same array when its affine makes axis 0 the slice axis
+    for name, data, affine in [
+        ("as_2d.nii.gz", pixels[0], np.eye(4)),
+        ("slice_last.nii.gz", pixels[0][..., None], np.eye(4)),
+        ("axis0_axial.nii.gz", pixels, np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])),
+    ]:
+        slices = load_training_slices([{"image": str(_save_nifti(tmp_path / name, data, affine))}], image_size=32)
+        assert len(slices) == 1 and slices[0]["image"].shape == (1, 32, 32), name
