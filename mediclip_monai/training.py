@@ -259,6 +259,12 @@ def attach_resume(trainer: Engine, ckpt_dir: str, checkpoint_objects: dict) -> s
     from monai.handlers import CheckpointLoader
 
     path = latest_checkpoint(ckpt_dir)
+    done = _epoch_of(path)
+    if trainer.state.max_epochs is not None and done > trainer.state.max_epochs:
+        raise ConfigValueError(
+            f"--epochs {trainer.state.max_epochs} with --resume true: the run in {ckpt_dir} has already done {done} "
+            f"epochs ({os.path.basename(path)}); give --epochs {done} or more"
+        )
     logger.info(f"resuming from {path}")
     CheckpointLoader(load_path=path, load_dict=checkpoint_objects).attach(trainer)
     return path

@@ -143,11 +143,19 @@ def test_run_killed_with_sigkill_and_resumed_keeps_the_best_model(demo_dir, tmp_
     assert sorted(os.listdir(models)) == ["model.pt", f"resume_checkpoint_epoch={epochs}.pt"]
 
 
-def test_resume_without_a_checkpoint_says_so(demo_dir, tmp_path):
+def test_resume_without_a_checkpoint_or_with_fewer_epochs_says_so(demo_dir, tmp_path):
     with pytest.raises(RuntimeError) as error:
         run_workflow(TRAIN, **small_training(demo_dir, tmp_path, resume=True))
     assert isinstance(root_cause(error.value), ConfigValueError)
     assert f"--resume true: {tmp_path / 'models'} holds no readable resume checkpoint" in str(root_cause(error.value))
+    (tmp_path / "models").mkdir(exist_ok=True)
+    torch.save({}, tmp_path / "models" / "resume_checkpoint_epoch=3.pt")
+    with pytest.raises(RuntimeError) as error:
+        run_workflow(TRAIN, **small_training(demo_dir, tmp_path, resume=True, epochs=2))
+    assert str(root_cause(error.value)) == (
+        f"--epochs 2 with --resume true: the run in {tmp_path / 'models'} has already done 3 epochs "
+        "(resume_checkpoint_epoch=3.pt); give --epochs 3 or more"
+    )
 
 
 def write_bad_datalist(tmp_path, demo_dir):
