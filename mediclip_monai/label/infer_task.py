@@ -21,8 +21,8 @@ import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from mediclip_monai.data.datalists import DataError
 from mediclip_monai.data.loading import read_image
+from mediclip_monai.errors import DataError
 from mediclip_monai.inference import load_trained_model
 from mediclip_monai.inferers import SliceWiseInferer
 from mediclip_monai.io.writers import write_anomaly_map, write_anomaly_mask

@@ -30,8 +30,8 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import name_to_device
 
-from mediclip_monai.data.datalists import DataError
 from mediclip_monai.data.loading import read_image
+from mediclip_monai.errors import DataError
 
 logger = logging.getLogger(__name__)
 

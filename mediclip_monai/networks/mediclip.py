@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import MediclipError
 from .clip_backbone import ClipBackbone
 from .prompts import PromptLearner, build_tokenizer
 
@@ -32,7 +33,7 @@ BACKBONE_PREFIX = "backbone."
 ARCHITECTURE_KEYS = ("clip_model", "feature_layers", "causal_text_mask")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(MediclipError, ValueError):
     """A checkpoint was trained on another backbone (architecture, taps or weights) than this network."""
 
 

@@ -16,8 +16,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
-from ..data.datalists import DataError
 from ..data.loading import axial_axis
+from ..errors import DataError
 from ..scoring import anomaly_mask, decision, image_score, max_slice
 
 __all__ = ["AnomalyScored", "AnomalyTruthd"]
