@@ -43,6 +43,14 @@ __all__ = [
 # Set to 1 to see the full traceback of user errors as well.
 TRACEBACK_ENV = "MEDICLIP_TRACEBACK"
 
+# Packages of optional extras that other libraries import themselves (MONAI's onnx_export, torch.onnx): what
+# needs each, and the extra that installs it. Missing, they are named with the install command.
+EXTRA_PACKAGES = {
+    "onnx": ("ONNX export", "export"),
+    "onnxscript": ("ONNX export", "export"),
+    "onnxruntime": ("Running the exported ONNX model", "export"),
+}
+
 
 class MediclipError(Exception):
     """An error the user can fix from its message alone (file or config key, what is wrong, the fix)."""
@@ -104,13 +112,20 @@ def reason_of(error: BaseException) -> tuple[BaseException, bool]:
     """The exception that explains ``error``, and whether it is a user error.
 
     The outermost `MediclipError` in the chain when there is one (its own causes are details, such as the
-    reader's exception under a DataError); else the root cause.
+    reader's exception under a DataError); else the root cause, as a `MissingPackageError` when it is the
+    import of a package of an extra (`EXTRA_PACKAGES`).
     """
     chain = _chain(error)
     for item in chain:
         if isinstance(item, MediclipError):
             return item, True
-    return chain[-1], False
+    root = chain[-1]
+    package = (root.name or "").split(".")[0] if isinstance(root, ModuleNotFoundError) else ""
+    if package in EXTRA_PACKAGES:
+        feature, extra = EXTRA_PACKAGES[package]
+        message = f"{feature} needs the package '{package}', which is not installed: pip install -e \".[{extra}]\""
+        return MissingPackageError(message), True
+    return root, False
 
 
 def report_uncaught(exc_type, error, tb) -> None:

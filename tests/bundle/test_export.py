@@ -7,6 +7,8 @@ batch size), and hold the text features as a constant: the prompts are no part o
 import os
 
 import numpy as np
+import onnx  # the test extra installs the export extra's packages
+import onnxruntime
 import pytest
 import torch
 
@@ -81,8 +83,6 @@ def test_torchscript_export_matches_the_network(trained, network, tmp_path):
 
 
 def test_onnx_export_matches_the_network_at_any_batch_size(trained, network, tmp_path):
-    onnx = pytest.importorskip("onnx", reason='ONNX export needs the export extra: pip install -e ".[export]"')
-    onnxruntime = pytest.importorskip("onnxruntime")
     filepath = tmp_path / "model.onnx"
     command = export_command(
         "onnx_export", filepath, trained, "[2, 3, 224, 224]", "--converter_kwargs", ONNX_CONVERTER_KWARGS
@@ -109,3 +109,19 @@ def test_onnx_export_matches_the_network_at_any_batch_size(trained, network, tmp
     text = network.text_features().detach().numpy()
     constants = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer if tuple(i.dims) == text.shape]
     assert any(np.allclose(c, text, atol=1e-6) for c in constants)
+
+
+def test_onnx_export_without_the_export_extra_says_how_to_install_it(trained, tmp_path):
+    # onnxscript as it looks when it is not installed (torch.onnx imports it before anything is exported)
+    blocked = tmp_path / "blocked" / "onnxscript"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'onnxscript'\", name='onnxscript')\n")
+    pythonpath = os.pathsep.join([str(blocked.parent), REPO, os.environ.get("PYTHONPATH", "")])
+    filepath = tmp_path / "model.onnx"
+    command = export_command(
+        "onnx_export", filepath, trained, "[2, 3, 224, 224]", "--converter_kwargs", ONNX_CONVERTER_KWARGS
+    )
+    result = cli(command, env={"PYTHONPATH": pythonpath})
+    assert result.returncode != 0 and not filepath.exists()
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last == "error: ONNX export needs the package 'onnxscript', which is not installed: pip install -e \".[export]\""
