@@ -5,6 +5,9 @@ batch size), and hold the text features as a constant: the prompts are no part o
 """
 
 import os
+import re
+import shlex
+from pathlib import Path
 
 import numpy as np
 import onnx  # the test extra installs the export extra's packages
@@ -14,41 +17,23 @@ import torch
 
 from mediclip_monai.networks import load_mediclip
 
-from .conftest import INFERENCE, META, REPO, cli
+from .conftest import REPO, cli
 
 pytestmark = pytest.mark.slow
 
-# The commands exactly as bundle/docs/README.md ("MONAI Bundle Commands") gives them, run from the repository root.
-CONFIG = os.path.relpath(INFERENCE, REPO)
-METADATA = os.path.relpath(META, REPO)
-ONNX_CONVERTER_KWARGS = (
-    "{'input_names': ['image'], 'output_names': ['pred'], 'dynamic_axes': {'image': {0: 'batch'}, 'pred': {0: 'batch'}}}"
-)
+CARD = (Path(REPO) / "bundle" / "docs" / "README.md").read_text()
 TOLERANCE = 1e-4
 
 
-def export_command(command, filepath, ckpt_dir, input_shape, *extra):
-    return [
-        "-m",
-        "monai.bundle",
-        command,
-        "network_def",
-        "--filepath",
-        str(filepath),
-        "--meta_file",
-        METADATA,
-        "--config_file",
-        CONFIG,
-        "--ckpt_dir",
-        ckpt_dir,
-        "--ckpt_file",
-        os.path.join(ckpt_dir, "model.pt"),
-        "--use_trace",
-        "True",
-        "--input_shape",
-        input_shape,
-        *extra,
-    ]
+def documented_command(command, filepath, ckpt_dir, env=None):
+    """The card's ``python -m monai.bundle <command>`` line, with DIR and the output file filled in; run it."""
+    blocks = re.findall(r"^```bash\n(.*?)^```", CARD, flags=re.S | re.M)
+    (block,) = [b for b in blocks if f"-m monai.bundle {command} " in b]
+    args = shlex.split(block.replace("\\\n", " "))
+    assert args[:2] == ["python", "-m"]
+    args = [a.replace("DIR", ckpt_dir) for a in args[1:]]
+    args[args.index("--filepath") + 1] = str(filepath)
+    return cli(args, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +47,7 @@ def images(batch):
 
 def test_torchscript_export_matches_the_network(trained, network, tmp_path):
     filepath = tmp_path / "model.ts"
-    result = cli(export_command("ckpt_export", filepath, trained, "[1, 3, 224, 224]"))
+    result = documented_command("ckpt_export", filepath, trained)
     assert result.returncode == 0, result.stderr[-3000:]
 
     extra = {"metadata.json": "", "inference.json": ""}
@@ -84,15 +69,12 @@ def test_torchscript_export_matches_the_network(trained, network, tmp_path):
 
 def test_onnx_export_matches_the_network_at_any_batch_size(trained, network, tmp_path):
     filepath = tmp_path / "model.onnx"
-    command = export_command(
-        "onnx_export", filepath, trained, "[2, 3, 224, 224]", "--converter_kwargs", ONNX_CONVERTER_KWARGS
-    )
-    result = cli(command)
+    result = documented_command("onnx_export", filepath, trained)
     assert result.returncode == 0, result.stderr[-3000:]
 
     model = onnx.load(str(filepath))
-    batch_axes = [graph_io.type.tensor_type.shape.dim[0].dim_param for graph_io in (*model.graph.input, *model.graph.output)]
-    assert batch_axes == ["batch", "batch"]
+    graph_io = (*model.graph.input, *model.graph.output)
+    assert [value.type.tensor_type.shape.dim[0].dim_param for value in graph_io] == ["batch", "batch"]
     session = onnxruntime.InferenceSession(str(filepath), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image"]
     for batch in (1, 2):
@@ -115,13 +97,12 @@ def test_onnx_export_without_the_export_extra_says_how_to_install_it(trained, tm
     # onnxscript as it looks when it is not installed (torch.onnx imports it before anything is exported)
     blocked = tmp_path / "blocked" / "onnxscript"
     blocked.mkdir(parents=True)
-    (blocked / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'onnxscript'\", name='onnxscript')\n")
+    (blocked / "__init__.py").write_text("raise ModuleNotFoundError('No module named onnxscript', name='onnxscript')\n")
     pythonpath = os.pathsep.join([str(blocked.parent), REPO, os.environ.get("PYTHONPATH", "")])
     filepath = tmp_path / "model.onnx"
-    command = export_command(
-        "onnx_export", filepath, trained, "[2, 3, 224, 224]", "--converter_kwargs", ONNX_CONVERTER_KWARGS
-    )
-    result = cli(command, env={"PYTHONPATH": pythonpath})
+    result = documented_command("onnx_export", filepath, trained, env={"PYTHONPATH": pythonpath})
     assert result.returncode != 0 and not filepath.exists()
     last = [line for line in result.stderr.splitlines() if line.strip()][-1]
-    assert last == "error: ONNX export needs the package 'onnxscript', which is not installed: pip install -e \".[export]\""
+    assert last == (
+        "error: ONNX export needs the package 'onnxscript', which is not installed: pip install -e \".[export]\""
+    )
