@@ -11,9 +11,9 @@ import torch
 from mediclip_monai.data.datalists import load_datalist, sample_k_shot
 from mediclip_monai.data.resolve import resolve_datalist
 from mediclip_monai.errors import ConfigValueError, DataError
+from mediclip_monai.settings import check_settings
 from mediclip_monai.training import (
     StaleResumeCheckpointRemover,
-    check_settings,
     latest_checkpoint,
     make_validation_set,
     prepare_few_shot_data,
