@@ -121,8 +121,8 @@ class PromptLearner(nn.Module):
             tuple(p._version for p in self._text_parameters()),
         )
         if self._cache is None or self._cache[0] != key:
-            if torch.jit.is_tracing():  # computed inside a trace they would be part of its graph
-                return self._encode()
+            if torch.jit.is_tracing():  # stale in a trace: computed in its graph, not cached (a re-trace would
+                return self._encode()  # see a constant instead and fail the trace's check)
             with torch.no_grad():
                 self._cache = (key, self._encode())
         return self._cache[1]
