@@ -1,14 +1,17 @@
 """Glue between the training bundle config (bundle/configs/train.json) and the package.
 
 The config holds the recipe; the few steps that are more than one expression live here as named
-functions: the few-shot sample and its fixed validation set, per-epoch seeding, and finding the
-checkpoint to resume from. Which datalist a run reads is decided in ``data.resolve``.
+functions: the few-shot sample and its fixed validation set, per-epoch
+seeding, and resume (the checkpoint to resume from, the record of the best model that a resumed run must
+keep, and the removal of stale resume checkpoints). Which datalist a run reads is decided in
+``data.resolve``.
 """
 
 from __future__ import annotations
 
 import glob
 import logging
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,10 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers.checkpoint import CheckpointEvents
 from monai.data.utils import set_rnd
 
-from .data.datalists import DataError, check_entries, load_datalist, sample_k_shot
+from .data.datalists import check_entries, load_datalist, sample_k_shot
 from .data.loading import load_training_slices
+from .errors import ConfigValueError, DataError
 from .transforms import DEFAULT_SYNTHESIS_TASKS, RandAnomalySynthesisd
 
 logger = logging.getLogger(__name__)
@@ -86,13 +91,16 @@ def prepare_few_shot_data(
 ) -> FewShotData:
     """Read the datalist, draw the k shots, check every file, and load shots and validation slices.
 
-    Every bad entry (missing, unreadable, wrong dimensions) is reported in one DataError before any
-    training step runs. Validation uses held-out normal images, never the test section.
+    Every bad entry is reported in one DataError before any training step runs: shots and validation
+    images that are missing, unreadable or of the wrong dimensions, and every other training entry whose
+    file is missing or not an image. Validation uses held-out normal images, never the test section.
     """
     training_items = load_datalist(datalist, "training")
     shots = sample_k_shot(training_items, k_shot, seed)
     validation_items = _held_out_validation_items(datalist, training_items, shots)
-    check_entries(shots + validation_items)
+    read = {item["image"] for item in shots + validation_items}
+    # The images not drawn are only checked to be there: reading every file of a large dataset takes long.
+    check_entries(shots + validation_items, exist_only=[item for item in training_items if item["image"] not in read])
     train = load_training_slices(shots, image_size=image_size)
     if not train:
         raise DataError(f"{datalist}: the {len(shots)} training images hold no slice with foreground.")
@@ -143,19 +151,34 @@ class EpochSeeder:
         engine.set_data(engine.state.dataloader)
 
 
-def latest_checkpoint(ckpt_dir: str, pattern: str = "resume_checkpoint_*.pt") -> str:
-    """The resume checkpoint of the latest epoch in ``ckpt_dir``; a clear error when there is none."""
-    files = glob.glob(os.path.join(ckpt_dir, pattern))
+RESUME_PATTERN = "resume_checkpoint_*.pt"
 
-    def epoch_of(path: str) -> int:
-        numbers = re.findall(r"(\d+)", os.path.basename(path))
-        return int(numbers[-1]) if numbers else -1
 
-    if not files:
-        raise FileNotFoundError(
-            f"{ckpt_dir}: no resume checkpoint ({pattern}) to resume from; run without --resume first."
-        )
-    return max(files, key=epoch_of)
+def _epoch_of(path: str) -> int:
+    numbers_in_name = re.findall(r"(\d+)", os.path.basename(path))
+    return int(numbers_in_name[-1]) if numbers_in_name else -1
+
+
+def resume_checkpoints(ckpt_dir: str, pattern: str = RESUME_PATTERN) -> list[str]:
+    """The resume checkpoints in ``ckpt_dir``, newest epoch first."""
+    return sorted(glob.glob(os.path.join(ckpt_dir, pattern)), key=_epoch_of, reverse=True)
+
+
+def latest_checkpoint(ckpt_dir: str, pattern: str = RESUME_PATTERN) -> str:
+    """The newest resume checkpoint of ``ckpt_dir`` that reads to its end; a clear error when there is none.
+
+    A run killed while writing its newest checkpoint leaves that file truncated: the one before it is used.
+    """
+    for path in resume_checkpoints(ckpt_dir, pattern):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+            return path
+        except Exception as error:  # noqa: BLE001 - whatever makes it unreadable, the older one is the fallback
+            logger.warning(f"{path}: unreadable resume checkpoint ({type(error).__name__}), trying an older one")
+    raise ConfigValueError(
+        f"--resume true: {ckpt_dir} holds no readable resume checkpoint ({pattern}); give the --ckpt_dir of the "
+        "interrupted run, or run without --resume"
+    )
 
 
 def attach_resume(trainer: Engine, ckpt_dir: str, checkpoint_objects: dict) -> str:
@@ -163,6 +186,99 @@ def attach_resume(trainer: Engine, ckpt_dir: str, checkpoint_objects: dict) -> s
     from monai.handlers import CheckpointLoader
 
     path = latest_checkpoint(ckpt_dir)
+    done = _epoch_of(path)
+    if trainer.state.max_epochs is not None and done > trainer.state.max_epochs:
+        raise ConfigValueError(
+            f"--epochs {trainer.state.max_epochs} with --resume true: the run in {ckpt_dir} has already done {done} "
+            f"epochs ({os.path.basename(path)}); give --epochs {done} or more"
+        )
     logger.info(f"resuming from {path}")
     CheckpointLoader(load_path=path, load_dict=checkpoint_objects).attach(trainer)
     return path
+
+
+class StaleResumeCheckpointRemover:
+    """Once a resume checkpoint is written, removes every other one in its folder.
+
+    The resume CheckpointSaver keeps all its files (``n_saved`` None) so that the previous checkpoint still
+    exists while the next is being written; this removes it afterwards, together with those of earlier,
+    interrupted or longer runs in the same ``ckpt_dir``, which a later ``--resume`` would otherwise pick up.
+
+    Args:
+        ckpt_dir: the folder of the resume checkpoints.
+        pattern: their file names.
+    """
+
+    def __init__(self, ckpt_dir: str, pattern: str = RESUME_PATTERN) -> None:
+        self.ckpt_dir = ckpt_dir
+        self.pattern = pattern
+
+    def attach(self, engine: Engine) -> None:
+        if not engine.has_registered_events(CheckpointEvents.SAVED_CHECKPOINT):
+            engine.register_events(*CheckpointEvents)
+        engine.add_event_handler(CheckpointEvents.SAVED_CHECKPOINT, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for path in resume_checkpoints(self.ckpt_dir, self.pattern):
+            if _epoch_of(path) != engine.state.epoch:
+                os.remove(path)
+
+
+class BestModelRecord:
+    """What a resumed run needs to keep model.pt the best epoch's, and the report of that epoch.
+
+    MONAI's key-metric CheckpointSaver decides when model.pt is replaced, and the evaluator tracks the best
+    metric, both in memory only: a resumed run would start both afresh and replace model.pt with the first
+    epoch it validates, however much worse. As an entry of the resume checkpoint, this object carries the
+    saver's record of its best score and the evaluator's best metric across the restart. It also keeps the
+    epoch and the validation metrics of the round that wrote model.pt, for `report`.
+
+    Attach it to the evaluator after the saver. Args:
+        saver: the evaluator's key-metric CheckpointSaver (writes model.pt).
+        model_path: where that saver writes model.pt (for the report).
+    """
+
+    def __init__(self, saver, model_path: str) -> None:
+        self.saver = saver
+        self.model_path = model_path
+        self.evaluator: Engine | None = None  # stays None on DDP ranks that do not save
+        self.best: dict = {}
+
+    def attach(self, evaluator: Engine) -> None:
+        self.evaluator = evaluator
+        if not evaluator.has_registered_events(CheckpointEvents.SAVED_CHECKPOINT):
+            evaluator.register_events(*CheckpointEvents)
+        evaluator.add_event_handler(CheckpointEvents.SAVED_CHECKPOINT, self._model_saved)
+
+    def _model_saved(self, evaluator: Engine) -> None:
+        metrics = {k: float(v) for k, v in evaluator.state.metrics.items() if isinstance(v, numbers.Real)}
+        self.best = {"epoch": int(evaluator.state.epoch), **metrics}
+
+    def state_dict(self) -> dict:
+        state = {
+            # MONAI's CheckpointSaver restores this list (load_state_dict) but has no public getter for it.
+            "saver": dict(self.saver._key_metric_checkpoint.state_dict()),
+            "best": dict(self.best),
+        }
+        if self.evaluator is not None:
+            state["best_metric"] = float(self.evaluator.state.best_metric)
+            state["best_metric_epoch"] = int(self.evaluator.state.best_metric_epoch)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.saver.load_state_dict(state["saver"])
+        self.best = dict(state["best"])
+        if self.evaluator is not None and "best_metric" in state:
+            self.evaluator.state.best_metric = state["best_metric"]
+            self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
+
+    def report(self) -> str:
+        """Print (and return) where model.pt is and the validation figures of its epoch."""
+        if not self.best:
+            line = f"no validation round wrote a model, so {self.model_path} was not written"
+        else:
+            metrics = ", ".join(f"{k} {v:.4f}" for k, v in self.best.items() if k != "epoch")
+            epoch = self.best["epoch"]
+            line = f"model.pt written to {os.path.abspath(self.model_path)} (best validation, epoch {epoch}: {metrics})"
+        print(line, flush=True)
+        return line

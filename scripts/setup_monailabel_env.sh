@@ -70,6 +70,13 @@ if [ ! -x "$venv/bin/python" ]; then
     echo "creating $venv (on the packages of $python)"
     "$python" -m venv "$venv"
 fi
+# The venv reuses compiled packages of $python, so both must be the same Python version.
+version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+if [ "$(version "$venv/bin/python")" != "$(version "$python")" ]; then
+    echo "error: $venv was made with Python $(version "$venv/bin/python"), but $python is Python" \
+        "$(version "$python"); remove $venv (or give another folder) and run this again" >&2
+    exit 1
+fi
 # One line per site folder of the running interpreter: site.addsitedir appends it to sys.path after the
 # venv's own site-packages and also runs its .pth files (editable installs).
 "$python" - "$venv" <<'PY'
@@ -84,8 +91,9 @@ with open(f"{target}/_mediclip_base_packages.pth", "w") as f:
 PY
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 echo "installing monailabel 0.8.5 and the server's runtime packages into $venv"
-echo "(pip may list monailabel's unused extras, pydicom-seg's numpy<2 pin and highdicom's pydicom>=3 as"
-echo " conflicts: expected, see the comments in this script; the import check at the end is what counts)"
+echo "(pip may list monailabel's unused extras, pydicom-seg's numpy<2 pin and the pydicom>=3 of highdicom and"
+echo " mediclip-monai as conflicts: expected, see the comments in this script; the import check at the end"
+echo " is what counts)"
 "${pip[@]}" --no-deps "${no_deps[@]}"
 "${pip[@]}" "${runtime[@]}"
 "${pip[@]}" --no-deps -e "$repo"

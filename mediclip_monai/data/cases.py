@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datalists import DataError, load_datalist
+from ..errors import DataError
+from .datalists import load_datalist
 from .loading import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, PICTURE_SUFFIXES, case_name, is_image_path
 
 __all__ = ["Case", "case_names", "datalist_cases", "find_cases"]

@@ -21,29 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mediclip_monai.data.loading import is_image_path, read_image
+from mediclip_monai.errors import DataError, format_problems
+
 __all__ = ["PATH_KEYS", "DataError", "check_entries", "format_problems", "load_datalist", "sample_k_shot"]
 
 # Keys of a datalist entry that hold file paths (resolved against the datalist's folder).
 PATH_KEYS = ("image", "label")
-
-
-class DataError(ValueError):
-    """A dataset problem the user has to fix (missing file, unreadable image, bad datalist).
-
-    The message names every bad file with the reason, one per line.
-    """
-
-
-def format_problems(problems: Sequence[str], what: str = "data") -> str:
-    """Join problem lines into one `DataError` message.
-
-    Args:
-        problems: one line per bad entry, each ``"<file>: <reason>"``.
-        what: what was being checked, for the heading line (e.g. ``"datalist entries"``).
-    """
-    n = len(problems)
-    head = f"{n} problem{'s' if n != 1 else ''} with the {what}:"
-    return "\n".join([head, *(f"  {p}" for p in problems)])
 
 
 def _resolve(value, base: Path):
@@ -140,7 +124,7 @@ def sample_k_shot(items: Sequence[dict], k_shot: int | None, seed: int | None = 
     return [items[i] for i in sorted(order.tolist())]
 
 
-def check_entries(items: Iterable[dict], keys: Sequence[str] = ("image",)) -> None:
+def check_entries(items: Iterable[dict], keys: Sequence[str] = ("image",), exist_only: Iterable[dict] = ()) -> None:
     """Check that every listed file exists and reads as a 2D or 3D single-channel image.
 
     Every file is read with `mediclip_monai.data.loading.read_image` (a folder counts when it holds
@@ -152,13 +136,14 @@ def check_entries(items: Iterable[dict], keys: Sequence[str] = ("image",)) -> No
         items: datalist entries (e.g. from `load_datalist`).
         keys: the entry keys to check. ``"image"`` is required in every entry; another key that is
             absent or ``None`` in an entry is skipped (e.g. normal test images have no ``"label"``).
+        exist_only: more entries whose ``"image"`` is only checked to exist and to look like an image
+            (a folder, or a file with an image suffix or a DICOM preamble), without reading it: cheap
+            enough for every entry of a large dataset.
 
     Raises:
         DataError: one message listing each bad entry with its reason (missing file, unreadable or
             not an image, unsupported dimensions such as 4D or 1D, label/image shape mismatch).
     """
-    from mediclip_monai.data.loading import read_image  # here: loading imports DataError from this module
-
     problems = []
     for i, item in enumerate(items):
         shapes = {}
@@ -177,5 +162,11 @@ def check_entries(items: Iterable[dict], keys: Sequence[str] = ("image",)) -> No
                 f"{item['label']}: label shape {shapes['label']} does not match image shape "
                 f"{shapes['image']} of {item['image']}"
             )
+    for item in exist_only:
+        path = Path(os.path.expanduser(str(item["image"])))
+        if not path.exists():
+            problems.append(f"{path}: file not found")
+        elif not path.is_dir() and not is_image_path(path):
+            problems.append(f"{path}: not a supported image file (NIfTI, DICOM, PNG/JPEG/BMP/TIFF, NRRD/MHA)")
     if problems:
         raise DataError(format_problems(problems, "datalist entries"))

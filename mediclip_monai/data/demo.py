@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import expit
 
-from mediclip_monai.data.datalists import DataError
+from mediclip_monai.errors import DataError
 
 __all__ = ["DATALIST_NAME", "TEMPLATE_NOTICE", "build_demo_data", "ensure_demo_data", "rebuild_demo_data"]
 

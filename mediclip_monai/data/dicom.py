@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mediclip_monai.data.datalists import DataError
+from mediclip_monai.errors import DataError
 
 __all__ = ["DicomSeries", "scan_dicom_series", "series_affine", "series_from_datasets"]
 

@@ -38,8 +38,8 @@ import torch
 from monai.data import MetaTensor, NibabelReader, PILReader, PydicomReader
 from monai.transforms import LoadImage, Resize
 
-from mediclip_monai.data.datalists import DataError, format_problems
 from mediclip_monai.data.dicom import scan_dicom_series
+from mediclip_monai.errors import DataError, format_problems
 
 __all__ = [
     "DICOM_SUFFIXES",
@@ -215,8 +215,10 @@ def _to_single_channel(img: MetaTensor, path: Path, kind: str) -> MetaTensor:
         raise DataError(f"{path}: 1D data of shape {tuple(img.shape[1:])}; expected a 2D or 3D image")
     if len(spatial) > 3:
         raise DataError(f"{path}: {len(spatial)}D data of shape {spatial}; expected a 2D or 3D image")
-    if min(spatial[:2]) < 2:
-        raise DataError(f"{path}: degenerate image shape {spatial}")
+    if len(spatial) == 2 and min(spatial) < 2:
+        raise DataError(f"{path}: a 2D image of {spatial[0]} x {spatial[1]} pixels; the model needs at least 2 x 2")
+    if len(spatial) == 3:
+        _check_slice_plane(img, path)
     if channels == 1:
         return img
     if len(spatial) == 2 and channels in (2, 3, 4):
@@ -230,6 +232,26 @@ def _to_single_channel(img: MetaTensor, path: Path, kind: str) -> MetaTensor:
     raise DataError(
         f"{path}: {len(spatial) + 1}D data with {channels} {what} (shape {tuple(img.shape)}); "
         f"give a single 2D or 3D image"
+    )
+
+
+def _check_slice_plane(img: MetaTensor, path: Path) -> None:
+    """A volume is cut across its axial axis: the two other axes must each be at least 2 voxels long."""
+    spatial = tuple(img.shape[1:])
+    axis = axial_axis(img.affine)
+    thin = [i for i in range(3) if i != axis and spatial[i] < 2]
+    if not thin:
+        return
+    shape = " x ".join(map(str, spatial))
+    if sum(n >= 2 for n in spatial) < 2:
+        raise DataError(f"{path}: a volume of shape {shape} is a line of voxels; the model needs 2D slices")
+    plane = " x ".join(str(spatial[i]) for i in range(3) if i != axis)
+    image = " x ".join(str(n) for i, n in enumerate(spatial) if i != thin[0])
+    raise DataError(
+        f"{path}: a volume of shape {shape} is one voxel thick along array axis {thin[0]}, but its affine makes "
+        f"axis {axis} the superior-inferior (slice) axis, so every axial slice would be {plane} pixels. Save it "
+        f"as a 2D image of {image} pixels, as a {image} x 1 volume (slice axis last), or with an affine whose "
+        f"axis {thin[0]} runs superior-inferior."
     )
 
 

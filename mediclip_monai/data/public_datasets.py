@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mediclip_monai.data.datalists import DataError, format_problems
+from mediclip_monai.errors import DataError, format_problems
 
 __all__ = ["convert_reference_split"]
 

@@ -12,8 +12,8 @@ import json
 import logging
 import os
 
+from ..errors import DataError
 from ..io.atomic import atomic_write
-from .datalists import DataError
 from .demo import ensure_demo_data
 from .loading import is_image_path
 

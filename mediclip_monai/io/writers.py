@@ -35,8 +35,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..data.datalists import DataError
 from ..data.dicom import DicomSeries, scan_dicom_series, series_affine, series_from_datasets
+from ..errors import DataError
 from .atomic import atomic_write
 
 __all__ = [

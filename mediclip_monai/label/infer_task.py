@@ -1,14 +1,25 @@
-"""MONAI Label inference task: the MediCLIP anomaly segment of one study, on the study's own grid.
+"""MONAI Label inference task: the bundle's own inference recipe (``configs/inference.json``) on one study.
 
-The label MONAI Label returns (and 3D Slicer shows as the segment "anomaly") is the anomaly map
-thresholded at ``threshold``: uint8 NIfTI, value 1 = anomalous, with the study's shape and affine.
-``threshold`` "calibrated" (the default) is the model's calibrated threshold, as inference's
-``threshold: null``; a number overrides it. The continuous map (float32 in [0, 1], same grid) is written
-to a file beside it and its path is put in the result JSON, with the image score (the model's rule, see
-``mediclip_monai.scoring``), the slice holding it for volumes, the thresholds used and the decision.
+What runs is what ``python -m monai.bundle run --config_file bundle/configs/inference.json`` runs, read
+from that file with MONAI's ``ConfigParser`` at every request, so a change of the recipe reaches MONAI
+Label without a code change: its ``preprocessing`` (reading, intensity scaling), its ``inferer`` with its
+``network`` (rebuilt from model.pt), and its ``postprocessing`` (threshold, image score, slice of the
+maximum) without the writers of a batch run (``SaveCaseOutputsd``): here MONAI Label's writer sends the
+mask. The recipe's keys are overridden with the app's model.pt, CLIP weights and device and, from the app
+config or the request, ``threshold`` and ``batch_size``; ``threshold`` null means the threshold
+calibrated into model.pt, as in inference.json.
 
-The network is rebuilt from ``model.pt`` (the backbone is recorded inside it) and reloaded whenever
-that file changes, so a newly trained or uploaded model is live for the next request.
+The label MONAI Label returns (and 3D Slicer shows as the segment "anomaly") is that mask: uint8 NIfTI,
+value 1 = anomalous, with the study's shape and affine. The continuous map (float32 in [0, 1], same grid)
+is written to a file beside it and its path is put in the result JSON, with the image score, the
+threshold, the decision and, for volumes, the slice holding the maximum. The network is reloaded
+whenever model.pt changes, so a newly trained or uploaded model is live for the next request.
+
+Why not monailabel's ``BundleInferTask``: it wants model.pt in ``<bundle>/models`` when the server starts
+(without it the model is not listed, where this app lists it and answers "train first"), builds
+``network_def`` once at start (this model.pt records which backbone to rebuild, and training replaces it),
+and appends a ``Restored`` transform (``SliceWiseInferer`` already returns the study's grid). What would
+be left of it is the ConfigParser calls below.
 """
 
 from __future__ import annotations
@@ -16,32 +27,27 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.inferers import Inferer
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from mediclip_monai.data.datalists import DataError
-from mediclip_monai.data.loading import read_image
-from mediclip_monai.inference import load_trained_model
-from mediclip_monai.inferers import SliceWiseInferer
+from mediclip_monai.errors import ConfigValueError, DataError, MediclipError, reason_of
+from mediclip_monai.io.outputs import SaveCaseOutputsd
 from mediclip_monai.io.writers import write_anomaly_map, write_anomaly_mask
-from mediclip_monai.scoring import decision_threshold, image_decision_threshold, image_score_rule
-from mediclip_monai.transforms import AnomalyScored, ScaleIntensityRobustd
 
 logger = logging.getLogger(__name__)
 
 LABEL_NAMES = {"anomaly": 1}
-CALIBRATED = "calibrated"  # the threshold value that stands for the model's calibrated one
-
-
-def threshold_value(value) -> float | None:
-    """A threshold of the app config or a request: None (the model's calibrated one) for "calibrated" or empty."""
-    if value is None or str(value).strip().lower() in ("", CALIBRATED, "none", "null"):
-        return None
-    return float(value)
+# inference.json keys that the app config (--conf) and each request may set.
+REQUEST_KEYS = ("threshold", "batch_size")
+# Postprocessing transforms that write a batch run's output folder; MONAI Label writes its own result.
+BATCH_WRITERS = (SaveCaseOutputsd,)
 
 
 class StudyReadError(ValueError):
@@ -52,44 +58,66 @@ class ModelNotTrainedError(FileNotFoundError):
     """There is no model.pt yet: train first (few-shot, on studies marked normal)."""
 
 
-class ReadStudyd:
-    """Read ``data["image"]`` (a path: NIfTI, DICOM series folder, NRRD, 2D picture) as a
-    channel-first MetaTensor (1, H, W[, D]) in the study's own grid, with its RAS affine."""
+def request_value(key: str, value: Any) -> Any:
+    """An app-config or request value of a `REQUEST_KEYS` key, as inference.json takes it.
 
-    def __call__(self, data: dict) -> dict:
-        path = data.get("image")
-        if not isinstance(path, str) or not path:
-            raise StudyReadError(f"{path!r}: no study path to read")
-        try:
-            data["image"] = read_image(path)
-        except DataError as error:
-            raise StudyReadError(str(error)) from error
-        return data
+    MONAI Label sends strings: ``"0.4"`` -> 0.4; ``"null"``, ``"none"`` or empty -> None (``threshold``:
+    the calibrated one).
+
+    Raises:
+        ConfigValueError: not a number.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none")):
+        return None
+    try:
+        return int(value) if key == "batch_size" else float(value)
+    except (TypeError, ValueError):
+        raise ConfigValueError(f"{key}: {value!r} is not a number") from None
+
+
+def parsed(parser: ConfigParser, key: str) -> Any:
+    """``parser.get_parsed_content(key)`` raising the reason itself, not MONAI's "Failed to evaluate" wrapper.
+
+    A ValueError while building the recipe comes from a value (e.g. ``threshold`` null for a model.pt
+    without calibration): it becomes a `ConfigValueError`, which the app answers with HTTP 400.
+    """
+    try:
+        return parser.get_parsed_content(key)
+    except Exception as error:
+        reason, _ = reason_of(error)
+        if isinstance(reason, MediclipError):
+            raise reason from error
+        if isinstance(reason, ValueError):
+            raise ConfigValueError(str(reason)) from error
+        raise
 
 
 class AnomalyInferTask(BasicInferTask):
-    """Anomaly segmentation of a study with the trained MediCLIP bundle.
+    """Anomaly segmentation of a study by the bundle's inference recipe.
 
     Args:
-        model_path: the bundle's ``<ckpt_dir>/model.pt`` (written by training, read at each request
-            when it changed).
-        threshold: anomaly value at and above which a voxel belongs to the segment; None: the model's
-            calibrated threshold (a request may override it with the ``threshold`` param).
+        bundle_dir: the MONAI bundle (``configs/inference.json`` inside).
+        model_path: the live ``<ckpt_dir>/model.pt`` (written by training, reloaded when it changes).
         device: default device of inference ("cpu", "cuda", "cuda:1"); a request's ``device`` wins.
         clip_checkpoint: local CLIP weights, when the backbone recorded in model.pt cannot be downloaded.
-        batch_size: slices per forward pass.
+        overrides: values of `REQUEST_KEYS` instead of inference.json's (a request may override them again),
+            as `request_value` reads them.
     """
 
     def __init__(
         self,
+        bundle_dir: str,
         model_path: str,
-        threshold: float | None = None,
         device: str | None = None,
         clip_checkpoint: str | None = None,
-        batch_size: int = 8,
+        overrides: Mapping[str, Any] | None = None,
     ) -> None:
-        shown = CALIBRATED if threshold is None else float(threshold)
-        config: dict[str, Any] = {"threshold": shown, "batch_size": int(batch_size)}
+        self.bundle_dir = bundle_dir
+        self.config_file = os.path.join(bundle_dir, "configs", "inference.json")
+        self.clip_checkpoint = clip_checkpoint or None
+        recipe = ConfigParser.load_config_file(self.config_file)
+        overrides = {key: request_value(key, value) for key, value in (overrides or {}).items()}
+        config: dict[str, Any] = {key: overrides.get(key, recipe.get(key)) for key in REQUEST_KEYS}
         if device:
             config["device"] = [device]
         super().__init__(
@@ -101,18 +129,49 @@ class AnomalyInferTask(BasicInferTask):
             description="MediCLIP few-shot anomaly segment (threshold of the anomaly map) and image score",
             config=config,
         )
-        self.clip_checkpoint = clip_checkpoint or None
 
     def is_valid(self) -> bool:
         # Listed before the first training too, so the Slicer module shows the model and its segment;
         # a request then gets a clear "train first" error (see ModelNotTrainedError).
         return True
 
+    def recipe(self, data: Mapping[str, Any], network: torch.nn.Module | None = None) -> ConfigParser:
+        """inference.json with this app's and this request's values; ``network``: the loaded ``network_def``."""
+        parser = ConfigParser()
+        parser.read_config(self.config_file)
+        parser["bundle_root"] = self.bundle_dir
+        parser["ckpt_path"] = self.get_path(validate=False)
+        parser["clip_checkpoint"] = self.clip_checkpoint
+        parser["device"] = str(data.get("device") or "cpu")
+        for key in REQUEST_KEYS:
+            if key in data:
+                parser[key] = request_value(key, data[key])
+        if network is not None:
+            parser["network_def"] = network
+        return parser
+
     def pre_transforms(self, data=None) -> Sequence[Callable]:
-        return [ReadStudyd(), ScaleIntensityRobustd(keys="image")]
+        return list(parsed(self.recipe(data), "preprocessing").transforms)
+
+    def run_pre_transforms(self, data: dict[str, Any], transforms):
+        try:
+            return super().run_pre_transforms(data, transforms)
+        except DataError as error:  # the study's own problem (HTTP 422), told apart from the model's
+            raise StudyReadError(str(error)) from error
+
+    def inferer(self, data=None) -> Inferer:
+        return parsed(self.recipe(data), "inferer")
+
+    def run_inferer(self, data: dict[str, Any], convert_to_batch=True, device="cpu"):
+        # Autocast as the recipe's evaluator (``amp``, on for CUDA); the inferer keeps its resizing in float32.
+        amp = bool(parsed(self.recipe(data), "amp")) and str(device).startswith("cuda")
+        with torch.autocast("cuda", enabled=amp):
+            return super().run_inferer(data, convert_to_batch=convert_to_batch, device=device)
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
-        return []
+        network = self._get_network(data["device"], data)  # the decision threshold may come from model.pt
+        post = parsed(self.recipe(data, network), "postprocessing")
+        return [t for t in post.transforms if not isinstance(t, BATCH_WRITERS)]
 
     def _get_network(self, device, data):
         path = self.get_path(validate=False)
@@ -128,38 +187,22 @@ class AnomalyInferTask(BasicInferTask):
             return cached[0]
         if cached:
             logger.info(f"{path} changed: reloading the model")
-        network = load_trained_model(path, device=device, clip_checkpoint=self.clip_checkpoint)
+        network = parsed(self.recipe({**data, "device": device}), "network")
         self._networks[device] = (network, version)
         return network
-
-    def run_inferer(self, data: dict[str, Any], convert_to_batch=True, device="cpu"):
-        network = self._get_network(device, data)
-        threshold = decision_threshold(threshold_value(data.get("threshold", self._config["threshold"])), network)
-        scoring = AnomalyScored(
-            keys="pred",
-            threshold=threshold,
-            image_threshold=image_decision_threshold(None, network, threshold),
-            score_rule=image_score_rule(network),
-        )
-        inferer = SliceWiseInferer(batch_size=int(data.get("batch_size", 8)))
-        scored = scoring({"pred": inferer(data["image"][None], network)[0], "image": data["image"]})
-        data["anomaly_map"] = np.asarray(scored["pred"][0].cpu(), dtype=np.float32)
-        data[self.output_label_key] = np.asarray(scored["mask"][0].cpu(), dtype=np.uint8)
-        keys = ("score", "max_slice", "threshold", "image_threshold", "decision")
-        data[self.output_json_key] = {k: scored[k] for k in keys}
-        return data
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[str, dict]:
         """Mask and map as NIfTI temporary files; MONAI Label sends the mask and deletes it, the app
         moves the map to where it is kept (see ``MediCLIPApp.infer``)."""
-        affine = np.asarray(data["image"].affine, dtype=np.float64)
+        affine = np.asarray(data["image"].affine.cpu(), dtype=np.float64)
+        mask = np.asarray(data["mask"][0].cpu(), dtype=np.uint8)
         mask_path = _temporary_path("_anomaly_mask.nii.gz")
         map_path = _temporary_path("_anomaly_map.nii.gz")
-        write_anomaly_mask(mask_path, data[self.output_label_key], affine)
-        write_anomaly_map(map_path, data["anomaly_map"], affine)
-        result = dict(data[self.output_json_key])
+        write_anomaly_mask(mask_path, mask, affine)
+        write_anomaly_map(map_path, np.asarray(data[self.output_label_key][0].cpu(), dtype=np.float32), affine)
+        result = {key: data[key] for key in ("score", "max_slice", "threshold", "image_threshold", "decision")}
         result["anomaly_map"] = map_path
-        result["anomalous_voxels"] = int(data[self.output_label_key].sum())
+        result["anomalous_voxels"] = int(mask.sum())
         return mask_path, result
 
 

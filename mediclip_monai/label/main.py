@@ -11,7 +11,8 @@ App config (``--conf KEY VALUE``):
     output_dir       training runs and maps of uploaded images (default: ``<bundle_dir>/runs/monailabel``)
     clip_model, clip_pretrained, clip_checkpoint
                      backbone of training (defaults: train.json's); inference reads it from model.pt
-    threshold        anomaly value of the segment (default "calibrated": the model's calibrated threshold)
+    threshold        anomaly probability of the segment (default: inference.json's; null: the threshold
+                     calibrated into model.pt); batch_size: slices per forward pass (inference.json's)
     device           "cpu", "cuda", "cuda:1" (default: cuda when available)
     epochs, k_shot, seed
                      training defaults shown in the client (default 20, 8, 0)
@@ -36,7 +37,8 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 
 import mediclip_monai
-from mediclip_monai.label.infer_task import AnomalyInferTask, ModelNotTrainedError, StudyReadError, threshold_value
+from mediclip_monai.errors import MediclipError
+from mediclip_monai.label.infer_task import REQUEST_KEYS, AnomalyInferTask, ModelNotTrainedError, StudyReadError
 from mediclip_monai.label.train_task import FewShotTrainTask
 
 logger = logging.getLogger(__name__)
@@ -81,15 +83,12 @@ class MediCLIPApp(MONAILabelApp):
                 f"{self.bundle_dir}: not the MediCLIP bundle (no configs/train.json); pass --conf bundle_dir DIR",
             )
         self.ckpt_dir = os.path.abspath(conf.get("ckpt_dir") or os.path.join(self.bundle_dir, "models"))
-        self.output_dir = os.path.abspath(
-            conf.get("output_dir") or os.path.join(self.bundle_dir, "runs", "monailabel")
-        )
+        self.output_dir = os.path.abspath(conf.get("output_dir") or os.path.join(self.bundle_dir, "runs", "monailabel"))
         self.model_path = os.path.join(self.ckpt_dir, "model.pt")
         self.device = conf.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.threshold = threshold_value(conf.get("threshold"))
-        self.clip_model = conf.get("clip_model") or _train_config_value(
-            self.bundle_dir, "clip_model", "ViT-L-14"
-        )
+        # inference.json's values unless given here (a request may override them again)
+        self.infer_overrides = {key: conf[key] for key in REQUEST_KEYS if key in conf}
+        self.clip_model = conf.get("clip_model") or _train_config_value(self.bundle_dir, "clip_model", "ViT-L-14")
         self.clip_pretrained = conf.get("clip_pretrained") or _train_config_value(
             self.bundle_dir, "clip_pretrained", "openai"
         )
@@ -111,10 +110,11 @@ class MediCLIPApp(MONAILabelApp):
     def init_infers(self) -> dict[str, InferTask]:
         return {
             MODEL_NAME: AnomalyInferTask(
+                bundle_dir=self.bundle_dir,
                 model_path=self.model_path,
-                threshold=self.threshold,
                 device=self.device,
                 clip_checkpoint=self.clip_checkpoint,
+                overrides=self.infer_overrides,
             )
         }
 
@@ -134,7 +134,8 @@ class MediCLIPApp(MONAILabelApp):
 
     def infer(self, request: dict[str, Any], datastore=None) -> dict[str, Any]:
         """Run the anomaly inference; errors a client can act on become HTTP errors with a clear reason:
-        404 unknown study, 422 unreadable study, 409 no trained model yet."""
+        404 unknown study, 422 unreadable study, 409 no trained model yet, 400 any other error whose message
+        says what to fix (a model.pt that is not a MediCLIP model, a threshold that is not a probability)."""
         datastore = datastore or self.datastore()
         image = request.get("image")
         study_id = image if isinstance(image, str) and image and not os.path.exists(image) else None
@@ -150,13 +151,13 @@ class MediCLIPApp(MONAILabelApp):
             raise HTTPException(status_code=409, detail=str(error)) from error
         except MONAILabelException as error:
             raise HTTPException(status_code=400, detail=error.msg) from error
+        except MediclipError as error:
+            raise HTTPException(status_code=400, detail=str(error)) from error
 
         params = result.get("params") or {}
         if params.get("anomaly_map"):
             params["anomaly_map"] = self._keep_anomaly_map(params["anomaly_map"], study_id, datastore, params)
-            params["anomaly_map_tag"] = (
-                ANOMALY_MAP_TAG if study_id and isinstance(datastore, LocalDatastore) else None
-            )
+            params["anomaly_map_tag"] = ANOMALY_MAP_TAG if study_id and isinstance(datastore, LocalDatastore) else None
         return result
 
     def _keep_anomaly_map(self, temporary: str, study_id: str | None, datastore, params: dict) -> str:

@@ -30,8 +30,8 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import name_to_device
 
-from mediclip_monai.data.datalists import DataError
 from mediclip_monai.data.loading import read_image
+from mediclip_monai.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +67,7 @@ def normal_studies(datastore: Datastore) -> list[str]:
             normal = _is_true(flag)
         else:
             label_id = datastore.get_labels_by_image_id(image_id).get(DefaultLabelTag.FINAL)
-            normal = bool(label_id) and label_is_empty(
-                datastore.get_label_uri(label_id, DefaultLabelTag.FINAL)
-            )
+            normal = bool(label_id) and label_is_empty(datastore.get_label_uri(label_id, DefaultLabelTag.FINAL))
         if normal:
             paths.append(datastore.get_image_uri(image_id))
     return paths

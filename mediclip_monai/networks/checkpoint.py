@@ -14,12 +14,13 @@ import zipfile
 
 import torch
 
+from ..errors import MediclipError
 from .mediclip import CheckpointMismatchError, MediCLIP
 
 __all__ = ["CheckpointError", "load_mediclip", "read_model_state"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MediclipError, ValueError):
     """model.pt is missing, unreadable, or not one this network can use; the message names the file."""
 
 

@@ -5,7 +5,8 @@ ViT at 1/2, 3/4 and all of its depth (blocks 12, 18, 24 of ViT-L-14) and encodes
 with the frozen text tower. This module only builds and taps the CLIP model; the trainable parts live
 in ``prompts.py`` and ``mediclip.py``.
 
-Three ways to get weights, all through open_clip's public API:
+Three ways to get weights, all through open_clip's public API (``weights.py`` decides which, probes the
+network and explains a weights file that does not fit):
 - a pretrained tag (``clip_pretrained="openai"``), downloaded or taken from the local cache;
 - a local weights file (``clip_checkpoint``), which never touches the network;
 - ``clip_pretrained="none"``: random weights, e.g. with the tiny ``mediclip-tiny`` config shipped here.
@@ -13,126 +14,42 @@ Three ways to get weights, all through open_clip's public API:
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import logging
-import os
-import socket
-import urllib.parse
 from pathlib import Path
 
 import open_clip
 import torch
 from torch import nn
 
+from ..errors import ConfigValueError
+from .weights import (
+    TINY_MODEL_NAME,
+    ClipCheckpointError,
+    ClipWeightsUnavailableError,
+    download_command,
+    explain_checkpoint_failure,
+    resolve_weights,
+)
+
+__all__ = [
+    "TINY_MODEL_NAME",
+    "ClipBackbone",
+    "ClipCheckpointError",
+    "ClipWeightsUnavailableError",
+    "create_clip_model",
+    "default_feature_layers",
+    "download_command",
+]
+
 logger = logging.getLogger(__name__)
 
-TINY_MODEL_NAME = "mediclip-tiny"
 _MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
-_NO_WEIGHTS = {"", "none", "null", "random"}
-_HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-NETWORK_PROBE_SECONDS = 5.0
 RANDOM_BACKBONE_SEED = 0
 
 # Registering at import makes "mediclip-tiny" a model name like any other for open_clip.
 if TINY_MODEL_NAME not in open_clip.list_models():
     open_clip.add_model_config(_MODEL_CONFIG_DIR)
-
-
-class ClipWeightsUnavailableError(RuntimeError):
-    """The requested CLIP weights are neither cached locally nor downloadable from here."""
-
-
-def download_command(clip_model: str, clip_pretrained: str) -> str:
-    """The one command that saves the weights to a file on a machine with internet access."""
-    return (
-        f"python scripts/download_clip_weights.py --clip_model {clip_model} "
-        f"--clip_pretrained {clip_pretrained} --output clip_weights.pt"
-    )
-
-
-def _proxy_or_host(url: str) -> tuple[str, int]:
-    """The address a download would connect to first: the HTTPS proxy when one is set, else the host."""
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    target = urllib.parse.urlparse(proxy if proxy else url)
-    return target.hostname or "", target.port or (443 if target.scheme != "http" else 80)
-
-
-def _reachable(url: str, timeout: float = NETWORK_PROBE_SECONDS) -> bool:
-    """Whether a TCP connection to the download host opens within ``timeout`` seconds (DNS included)."""
-    host, port = _proxy_or_host(url)
-    if not host:
-        return False
-
-    def connect() -> None:
-        socket.create_connection((host, port), timeout=timeout).close()
-
-    # getaddrinfo ignores socket timeouts, so the whole probe runs under a thread deadline.
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        pool.submit(connect).result(timeout=timeout)
-        return True
-    except Exception:
-        return False
-    finally:
-        pool.shutdown(wait=False)
-
-
-def _cached_weight_file(pretrained_cfg: dict) -> str | None:
-    """A file already downloaded for this tag (Hugging Face cache or open_clip's URL cache), if any."""
-    hf_hub = pretrained_cfg.get("hf_hub", "")
-    if hf_hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo_id, filename = os.path.split(hf_hub)
-        for name in ([filename] if filename else []) + list(_HF_WEIGHT_FILES):
-            cached = try_to_load_from_cache(repo_id=repo_id, filename=name)
-            if isinstance(cached, str) and os.path.isfile(cached):
-                return cached
-    url = pretrained_cfg.get("url", "")
-    if url:
-        cached = os.path.expanduser(os.path.join("~/.cache/clip", os.path.basename(url)))
-        if os.path.isfile(cached):
-            return cached
-    return None
-
-
-def _resolve_weights(clip_model: str, clip_pretrained: str | None, clip_checkpoint: str | None):
-    """Decide where the weights come from: returns (pretrained argument for open_clip, force_quick_gelu).
-
-    Raises ClipWeightsUnavailableError within seconds when a tag is neither cached nor downloadable.
-    """
-    tag = (clip_pretrained or "none").strip()
-    pretrained_cfg = {} if tag.lower() in _NO_WEIGHTS else open_clip.get_pretrained_cfg(clip_model, tag)
-    # OpenAI's weights were trained with QuickGELU; a local copy of them needs the same activation.
-    quick_gelu = bool(pretrained_cfg.get("quick_gelu", False))
-    if clip_checkpoint:
-        if not os.path.isfile(clip_checkpoint):
-            raise ClipWeightsUnavailableError(
-                f"clip_checkpoint '{clip_checkpoint}' is not a file. Give the path of a CLIP weights file "
-                f"for {clip_model}, made with: {download_command(clip_model, tag)}"
-            )
-        return clip_checkpoint, quick_gelu
-    if tag.lower() in _NO_WEIGHTS:
-        return None, False
-    if not pretrained_cfg:
-        known = open_clip.list_pretrained_tags_by_model(clip_model)
-        raise ValueError(f"Unknown pretrained tag '{tag}' for CLIP model '{clip_model}'; known tags: {known}")
-    cached = _cached_weight_file(pretrained_cfg)
-    if cached:
-        return cached, quick_gelu
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    source = "https://huggingface.co" if pretrained_cfg.get("hf_hub") else pretrained_cfg.get("url", "")
-    if offline or not _reachable(source):
-        raise ClipWeightsUnavailableError(
-            f"CLIP weights for model '{clip_model}' with pretrained tag '{tag}' are not in the local cache "
-            f"and {source} cannot be reached from this machine. Either give a local weights file with "
-            f"`--clip_checkpoint /path/to/weights.pt` (made on a machine with internet access by: "
-            f"{download_command(clip_model, tag)}), or run once where the model hub is reachable so the "
-            f"weights land in the cache. For a smoke run without weights use "
-            f"`--clip_model {TINY_MODEL_NAME} --clip_pretrained none`."
-        )
-    return tag, quick_gelu
 
 
 def create_clip_model(
@@ -145,12 +62,25 @@ def create_clip_model(
         clip_pretrained: an open_clip pretrained tag (``openai``) or ``none`` for random weights.
         clip_checkpoint: a local weights file; when given, nothing is downloaded.
     """
-    pretrained, quick_gelu = _resolve_weights(clip_model, clip_pretrained, clip_checkpoint)
+    if not clip_model.startswith("hf-hub:") and clip_model not in open_clip.list_models():
+        raise ConfigValueError(
+            f"clip_model '{clip_model}' is not an open_clip model name (e.g. ViT-L-14, ViT-B-16, {TINY_MODEL_NAME})"
+        )
+    pretrained, quick_gelu = resolve_weights(clip_model, clip_pretrained, clip_checkpoint)
     # Random weights come from a fixed seed: a model trained on a random backbone (tests, benchmarks)
     # must find the very same backbone when inference rebuilds it from the checkpoint.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_BACKBONE_SEED)
-        model = open_clip.create_model(clip_model, pretrained=pretrained, force_quick_gelu=quick_gelu)
+        try:
+            model = open_clip.create_model(clip_model, pretrained=pretrained, force_quick_gelu=quick_gelu)
+        except Exception as error:
+            if not clip_checkpoint:
+                raise
+            reference = open_clip.create_model(clip_model, pretrained=None, force_quick_gelu=quick_gelu)
+            explained = explain_checkpoint_failure(clip_checkpoint, clip_model, clip_pretrained, reference.state_dict())
+            if explained is None:
+                raise
+            raise explained from error
     model.eval()
     model.requires_grad_(False)
     return model

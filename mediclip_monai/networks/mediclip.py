@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..calibration import BRANCHES, fused_map
+from ..errors import MediclipError
 from .clip_backbone import ClipBackbone
 from .memory_bank import PatchMemoryBank
 from .prompts import PromptLearner, build_tokenizer
@@ -46,11 +47,11 @@ CALIBRATE_COMMAND = (
 ARCHITECTURE_KEYS = ("clip_model", "feature_layers", "causal_text_mask")
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(MediclipError, ValueError):
     """A checkpoint was trained on another backbone (architecture, taps or weights) than this network."""
 
 
-class BranchUnavailableError(ValueError):
+class BranchUnavailableError(MediclipError, ValueError):
     """An anomaly branch was asked of a network that lacks what it needs (memory bank or calibration)."""
 
 

@@ -71,6 +71,8 @@ class PromptLearner(nn.Module):
         width = self._text.token_embedding.weight.shape[1]
         self.context = nn.Parameter(torch.empty(len(phrases), n_context, width).normal_(std=0.02))
         self._cache: tuple | None = None
+        # A load changes the weights in place: under torch.export that could not be seen (no version check).
+        self.register_load_state_dict_post_hook(_forget_text_features)
 
     def _encode(self) -> torch.Tensor:
         text = self._text
@@ -100,11 +102,16 @@ class PromptLearner(nn.Module):
         """text_dim x 2 matrix of L2-normalised class embeddings (column 0 normal, column 1 abnormal).
 
         Recomputed while gradients are needed; otherwise cached until the contexts or the text weights
-        change (an optimizer step or a load bumps a parameter's version counter).
+        change (an optimizer step or a load bumps a parameter's version counter). Entering eval mode
+        computes them (see :meth:`train`), so a traced or exported network holds them as a constant.
         """
         if torch.is_grad_enabled() and self.context.requires_grad:
             self._cache = None
             return self._encode()
+        if torch.compiler.is_exporting():
+            # torch.export runs on fake tensors, which have no data pointer to check the cache with: the
+            # embeddings of eval() become a constant of the graph (a load in between clears them).
+            return self._cache[1] if self._cache is not None else self._encode()
         # Versions of the frozen text weights too: loading other CLIP weights in place must not reuse
         # embeddings of the old ones.
         key = (
@@ -114,9 +121,24 @@ class PromptLearner(nn.Module):
             tuple(p._version for p in self._text_parameters()),
         )
         if self._cache is None or self._cache[0] != key:
+            if torch.jit.is_tracing():  # stale in a trace: computed in its graph, not cached (a re-trace would
+                return self._encode()  # see a constant instead and fail the trace's check)
             with torch.no_grad():
                 self._cache = (key, self._encode())
         return self._cache[1]
+
+    def train(self, mode: bool = True) -> PromptLearner:
+        """Eval mode fixes the embeddings: computed now, eagerly, so exporters (which call ``eval()``
+        first: MONAI's ``ckpt_export``/``onnx_export``) find them cached and bake them in."""
+        super().train(mode)
+        if not mode:
+            with torch.no_grad():
+                self.text_features()
+        return self
+
+
+def _forget_text_features(module: PromptLearner, incompatible_keys) -> None:
+    module._cache = None
 
 
 def build_tokenizer(clip_model: str):

@@ -18,8 +18,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
-from ..data.datalists import DataError
 from ..data.loading import axial_axis
+from ..errors import DataError
 from ..scoring import anomaly_mask, case_score, decision
 
 __all__ = ["AnomalyScored", "AnomalyTruthd", "SplitBranchesd"]

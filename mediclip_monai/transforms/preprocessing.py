@@ -24,8 +24,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
 
-from ..data.datalists import DataError
 from ..data.loading import read_image, scale_intensity, volume_to_views
+from ..errors import DataError
 
 __all__ = [
     "MODEL_GRID_AFFINE",

@@ -4,6 +4,10 @@ import glob
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import nibabel as nib
 import numpy as np
@@ -11,8 +15,20 @@ import pytest
 import torch
 
 from mediclip_monai.data.datalists import DataError
+from mediclip_monai.errors import ConfigValueError
+from mediclip_monai.training import latest_checkpoint
 
-from .conftest import META, MULTI_GPU, TRAIN, as_cli_overrides, cli, root_cause, run_workflow, small_training
+from .conftest import (
+    META,
+    MULTI_GPU,
+    REPO,
+    TRAIN,
+    as_cli_overrides,
+    cli,
+    root_cause,
+    run_workflow,
+    small_training,
+)
 
 
 def trained_state(ckpt_dir, pattern="resume_checkpoint_*.pt"):
@@ -41,6 +57,10 @@ def test_documented_command_trains_and_writes_model_logs_and_metrics(demo_dir, t
     # validation metrics are logged every round
     assert output.count("val_pixel_auroc") >= 2 and "val_image_auroc" in output
     assert "Epoch[2]" in output or "Epoch: 2/2" in output
+    # the last word: where model.pt is and the validation figures of its epoch
+    last = [line for line in result.stdout.splitlines() if line.strip()][-1]
+    assert last.startswith(f"model.pt written to {tmp_path / 'models' / 'model.pt'} (best validation, epoch ")
+    assert "val_pixel_auroc 0." in last and "val_image_auroc " in last
 
 
 def test_verify_net_in_out_with_tiny_backbone():
@@ -84,6 +104,58 @@ def test_resumed_run_reaches_the_same_weights(demo_dir, tmp_path):
     assert os.path.exists(tmp_path / "resumed" / "models" / "resume_checkpoint_epoch=4.pt")
     assert_same_weights(
         trained_state(str(tmp_path / "straight" / "models")), trained_state(str(tmp_path / "resumed" / "models"))
+    )
+
+
+@pytest.mark.slow
+def test_run_killed_with_sigkill_and_resumed_keeps_the_best_model(demo_dir, tmp_path):
+    """kill -9 after epoch 2, then --resume true: model.pt ends as the uninterrupted run's, from its best epoch."""
+    epochs = 6
+    straight = run_workflow(TRAIN, **small_training(demo_dir, tmp_path / "straight", epochs=epochs))
+    best_epoch = straight.parser.get_parsed_content("validate#evaluator").state.best_metric_epoch
+
+    values = small_training(demo_dir, tmp_path / "killed", epochs=epochs)
+    models = tmp_path / "killed" / "models"
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN]
+    process = subprocess.Popen(
+        command + as_cli_overrides(values),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not glob.glob(str(models / "resume_checkpoint_epoch=[2-9].pt")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no resume checkpoint of epoch 2 within 300 s"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = int(latest_checkpoint(str(models)).rsplit("=", 1)[1].split(".")[0])
+    # Only a best epoch before the interruption, and worse epochs after it, tell a kept record from a lost one.
+    assert best_epoch <= killed_at < epochs, (best_epoch, killed_at)
+
+    result = cli(command + as_cli_overrides({**values, "resume": True}))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_same_weights(
+        torch.load(tmp_path / "straight" / "models" / "model.pt", weights_only=True),
+        torch.load(models / "model.pt", weights_only=True),
+    )
+    assert f"(best validation, epoch {best_epoch}: val_pixel_auroc" in result.stdout
+    assert sorted(os.listdir(models)) == ["model.pt", f"resume_checkpoint_epoch={epochs}.pt"]
+
+
+def test_resume_without_a_checkpoint_or_with_fewer_epochs_says_so(demo_dir, tmp_path):
+    with pytest.raises(RuntimeError) as error:
+        run_workflow(TRAIN, **small_training(demo_dir, tmp_path, resume=True))
+    assert isinstance(root_cause(error.value), ConfigValueError)
+    assert f"--resume true: {tmp_path / 'models'} holds no readable resume checkpoint" in str(root_cause(error.value))
+    (tmp_path / "models").mkdir(exist_ok=True)
+    torch.save({}, tmp_path / "models" / "resume_checkpoint_epoch=3.pt")
+    with pytest.raises(RuntimeError) as error:
+        run_workflow(TRAIN, **small_training(demo_dir, tmp_path, resume=True, epochs=2))
+    assert str(root_cause(error.value)) == (
+        f"--epochs 2 with --resume true: the run in {tmp_path / 'models'} has already done 3 epochs "
+        "(resume_checkpoint_epoch=3.pt); give --epochs 3 or more"
     )
 
 

@@ -139,3 +139,23 @@ def test_check_entries_checks_labels_and_their_shape(tmp_path):
     message = str(info.value)
     assert message.startswith("2 problems")
     assert "does not match image shape" in message and "nope.nii.gz: file not found" in message
+
+
+def test_exist_only_entries_are_checked_without_being_read(tmp_path):
+    good = _nifti(tmp_path / "good.nii.gz")
+    broken_but_present = _write(tmp_path / "broken.nii.gz", "not read, so not found out")
+    series_folder = tmp_path / "series"
+    series_folder.mkdir()
+    check_entries(
+        [{"image": str(good)}], exist_only=[{"image": str(broken_but_present)}, {"image": str(series_folder)}]
+    )
+    with pytest.raises(DataError) as error:
+        check_entries(
+            [{"image": str(good)}],
+            exist_only=[{"image": str(tmp_path / "gone.nii.gz")}, {"image": str(_write(tmp_path / "notes.txt", "x"))}],
+        )
+    assert str(error.value).splitlines() == [
+        "2 problems with the datalist entries:",
+        f"  {tmp_path / 'gone.nii.gz'}: file not found",
+        f"  {tmp_path / 'notes.txt'}: not a supported image file (NIfTI, DICOM, PNG/JPEG/BMP/TIFF, NRRD/MHA)",
+    ]

@@ -111,9 +111,7 @@ def test_read_single_dicom_file(name):
     ds = pydicom.dcmread(path)
     img = read_image(path)
     assert tuple(img.shape) == (1, ds.Rows, ds.Columns)  # DICOM rows x columns, row 0 on top
-    expected = ds.pixel_array * float(getattr(ds, "RescaleSlope", 1)) + float(
-        getattr(ds, "RescaleIntercept", 0)
-    )
+    expected = ds.pixel_array * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
     np.testing.assert_allclose(img[0].numpy(), expected)
     # pixel (row 0, column 0) sits at ImagePositionPatient (LPS), i.e. (-x, -y, z) in RAS
     ipp = np.array([float(v) for v in ds.ImagePositionPatient])
@@ -186,9 +184,7 @@ def test_case_name():
 @pytest.mark.parametrize("kind", ["numpy", "torch", "metatensor"])
 def test_scale_intensity_constant_gives_zeros_never_nan(kind):
     data = np.full((1, 4, 5), 7.0, np.float32)
-    img = {"numpy": data, "torch": torch.from_numpy(data), "metatensor": MetaTensor(data, meta={"k": "v"})}[
-        kind
-    ]
+    img = {"numpy": data, "torch": torch.from_numpy(data), "metatensor": MetaTensor(data, meta={"k": "v"})}[kind]
     out = scale_intensity(img)
     assert type(out) is type(img)
     assert np.all(np.asarray(out) == 0)
@@ -230,9 +226,7 @@ def _marker_volume():
 
 def test_volume_to_slices_skips_empty_slices_and_gives_radiological_views():
     data, affine = _marker_volume()
-    vol = MetaTensor(
-        torch.from_numpy(data[None]), affine=torch.as_tensor(affine), meta={"filename_or_obj": "v"}
-    )
+    vol = MetaTensor(torch.from_numpy(data[None]), affine=torch.as_tensor(affine), meta={"filename_or_obj": "v"})
     slices = volume_to_slices(vol, min_foreground=0.05)
     assert [k for k, _ in slices] == [1, 2, 3]
     assert [k for k, _ in volume_to_slices(vol, min_foreground=0)] == [0, 1, 2, 3, 4]
@@ -406,3 +400,21 @@ def test_volume_to_views_stacks_the_slices_of_volume_to_slices_and_inverts():
     picture = torch.rand(1, 4, 5)
     assert volume_to_views(picture).shape == (1, 1, 4, 5)
     torch.testing.assert_close(views_to_volume(volume_to_views(picture), None), picture)
+
+
+def test_one_voxel_thick_volume_across_the_slice_plane_says_what_would_work(tmp_path):
+    pixels = np.random.default_rng(0).random((1, 40, 30)).astype(np.float32)
+    path = _save_nifti(tmp_path / "flat.nii.gz", pixels)  # identity affine: axis 2 is superior-inferior
+    with pytest.raises(DataError) as error:
+        read_image(path)
+    message = str(error.value)
+    assert str(path) in message and "1 x 40 x 30" in message and "1 x 40 pixels" in message
+    assert "2D image of 40 x 30 pixels" in message and "40 x 30 x 1 volume" in message
+    # what the message proposes works, and so does the same array when its affine makes axis 0 the slice axis
+    for name, data, affine in [
+        ("as_2d.nii.gz", pixels[0], np.eye(4)),
+        ("slice_last.nii.gz", pixels[0][..., None], np.eye(4)),
+        ("axis0_axial.nii.gz", pixels, np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])),
+    ]:
+        slices = load_training_slices([{"image": str(_save_nifti(tmp_path / name, data, affine))}], image_size=32)
+        assert len(slices) == 1 and slices[0]["image"].shape == (1, 32, 32), name

@@ -1,0 +1,43 @@
+"""The check of a run's numbers (epochs, batch size, ...), done first, before any data is read or any
+network is built, so a typo costs a second, not a model download."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from .errors import ConfigValueError, format_problems
+
+__all__ = ["check_settings"]
+
+
+def check_settings(epochs, batch_size, k_shot, lr, val_interval, num_workers, threshold=0.5) -> None:
+    """Refuse config values that cannot work, before any data is read or any network is built.
+
+    Raises:
+        ConfigValueError: one line per bad value, naming the key (the command-line override) and what works.
+    """
+    problems = []
+
+    def whole(key: str, value, low: int, meaning: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            problems.append(f"--{key} {value!r}: must be a whole number >= {low} ({meaning})")
+
+    whole("epochs", epochs, 1, "passes over the training slices")
+    whole("batch_size", batch_size, 1, "slices per training step")
+    whole("k_shot", k_shot, 0, "normal images drawn for training; 0 takes them all")
+    whole("val_interval", val_interval, 1, "epochs between validation rounds")
+    whole("num_workers", num_workers, 0, "data loading processes; 0 loads in the main process")
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
+        problems.append(f"--lr {lr!r}: must be a number > 0 (the learning rate, e.g. 0.001)")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold <= 1
+    ):
+        problems.append(f"--threshold {threshold!r}: must be an anomaly probability between 0 and 1 (or null)")
+    if not problems and val_interval > epochs:
+        problems.append(
+            f"--val_interval {val_interval} is more than --epochs {epochs}: no validation round would run, so no "
+            f"model.pt would be written; use --val_interval {epochs} or less"
+        )
+    if problems:
+        raise ConfigValueError(problems[0] if len(problems) == 1 else format_problems(problems, "config values"))

@@ -1,0 +1,108 @@
+"""The MONAI Label infer task runs inference.json's recipe: the same maps and masks as a batch run, and an
+edit of the recipe (or the app's override of it) reaches it without a code change.
+
+The task runs in the MONAI Label environment (``$MEDICLIP_LABEL_PYTHON``, as in test_monailabel_server.py);
+skipped only when that does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ..bundle.conftest import REPO
+from ..bundle.test_inference import brain_like_volume, infer, oblique_affine
+
+LABEL_PYTHON = Path(os.environ.get("MEDICLIP_LABEL_PYTHON", Path(REPO) / ".venv-label" / "bin" / "python"))
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not LABEL_PYTHON.exists(), reason=f"MONAI Label environment not found at {LABEL_PYTHON}"),
+]
+
+# One process for every run (importing MONAI Label takes seconds): a JSON list of task runs in, results out.
+RUN_TASKS = """
+import json, sys
+from mediclip_monai.label.infer_task import AnomalyInferTask
+results = []
+for run in json.loads(sys.argv[1]):
+    task = AnomalyInferTask(bundle_dir=run["bundle"], model_path=run["model"], device="cpu", overrides=run["overrides"])
+    label, result = task({"image": run["study"]})
+    result.pop("latencies", None)
+    results.append({"label": label, **result})
+print("RESULTS " + json.dumps(results))
+"""
+
+
+def run_tasks(*runs) -> list[dict]:
+    """Run the label task on each ``(bundle, model, study, overrides)`` in the MONAI Label environment."""
+    runs = [{"bundle": str(b), "model": str(m), "study": str(s), "overrides": o} for b, m, s, o in runs]
+    env = {**os.environ, "PYTHONPATH": REPO}
+    args = [str(LABEL_PYTHON), "-c", RUN_TASKS, json.dumps(runs)]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
+    return json.loads(line[len("RESULTS ") :])
+
+
+def voxels(path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    path = tmp_path_factory.mktemp("study") / "oblique.nii.gz"
+    nib.save(nib.Nifti1Image(brain_like_volume((20, 24, 10)), oblique_affine()), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def edited_bundle(tmp_path_factory):
+    """A copy of the bundle whose inference.json says threshold 0.25."""
+    bundle = tmp_path_factory.mktemp("edited") / "bundle"
+    shutil.copytree(Path(REPO) / "bundle" / "configs", bundle / "configs")
+    recipe_file = bundle / "configs" / "inference.json"
+    recipe = json.loads(recipe_file.read_text())
+    recipe["threshold"] = 0.25
+    recipe_file.write_text(json.dumps(recipe))
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def label_results(trained, study, edited_bundle):
+    model = Path(trained) / "model.pt"
+    as_shipped, edited, overridden = run_tasks(
+        (Path(REPO) / "bundle", model, study, {}),
+        (edited_bundle, model, study, {}),
+        (edited_bundle, model, study, {"threshold": "0.75"}),  # --conf threshold 0.75
+    )
+    return {"as shipped": as_shipped, "edited": edited, "overridden": overridden}
+
+
+def test_label_task_gives_the_batch_runs_map_and_mask(trained, study, label_results, tmp_path):
+    infer(trained, study, tmp_path / "out", num_workers=0)
+    case = tmp_path / "out" / "oblique"
+    result = label_results["as shipped"]
+    np.testing.assert_array_equal(voxels(result["anomaly_map"]), voxels(case / "oblique_anomaly_map.nii.gz"))
+    np.testing.assert_array_equal(voxels(result["label"]), voxels(case / "oblique_anomaly_mask.nii.gz"))
+    written = json.loads((case / "oblique_case.json").read_text())
+    for key in ("score", "max_slice", "threshold", "decision"):
+        assert result[key] == written[key], key
+
+
+def test_an_edit_of_inference_json_reaches_the_label_task_and_the_app_override_wins(label_results):
+    for name, threshold in (("edited", 0.25), ("overridden", 0.75)):
+        result = label_results[name]
+        assert result["threshold"] == threshold, name
+        np.testing.assert_array_equal(voxels(result["label"]) > 0, voxels(result["anomaly_map"]) >= threshold)
+    # the three runs differ in their threshold only
+    np.testing.assert_array_equal(
+        voxels(label_results["edited"]["anomaly_map"]), voxels(label_results["overridden"]["anomaly_map"])
+    )
