@@ -62,6 +62,7 @@ def main() -> None:
             ckpt_dir=tmp,
             device=args.device,
             batch_size=args.batch_size,
+            threshold=None if args.calibrated else 0.5,  # null: the calibrated one, which only --calibrated has
         )
         workflow.initialize()
         evaluator = workflow.evaluator  # builds the network from model.pt, the data loader and the handlers

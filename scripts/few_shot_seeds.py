@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""The few-shot protocol over several seeds: train and evaluate once per seed, print mean +/- std per branch.
+
+    python scripts/few_shot_seeds.py --seeds 0 1 2 3 4 --output_dir bundle/runs/seeds [train.json overrides]
+
+Which k shots are drawn changes with the seed (``mediclip_monai.data.datalists.sample_k_shot``), and
+few-shot results depend on it, so one run proves little. Each seed runs the bundle's own recipes, as
+``python -m monai.bundle run training --config_file bundle/configs/train.json --seed S ...`` and then the
+evaluation (``['train.json','evaluate.json']``) would, into ``<output_dir>/seed_<S>/`` (model.pt under
+``models/``, metrics.json under ``eval/``). Every other ``--key value`` is passed to both recipes as it is
+(values read as Python literals where they are ones: ``--epochs 50``, ``--feature_layers [12,18,24]``).
+The table gives, per anomaly branch (metrics.json's ``branches``; the model's own map alone for a model
+without them) and metric, the mean and standard deviation over the seeds; ``seeds.json`` in
+``output_dir`` holds every seed's metrics and the summary.
+"""
+
+import argparse
+import ast
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mediclip_monai.io.atomic import atomic_write
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundle" / "configs"
+METRICS = ("image_auroc", "image_max_f1", "pixel_auroc", "pixel_aupro", "pixel_dice", "image_accuracy")
+
+
+def literal(value: str):
+    """``"50"`` -> 50, ``"[12,18,24]"`` -> [12, 18, 24], ``"cpu"`` -> "cpu"."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def overrides_from(extra: list[str]) -> dict:
+    """``["--epochs", "50", "--device", "cpu"]`` -> ``{"epochs": 50, "device": "cpu"}``."""
+    if len(extra) % 2 or any(not key.startswith("--") for key in extra[::2]):
+        raise SystemExit(f"overrides must be --key value pairs, got {' '.join(extra)}")
+    return {key[2:]: literal(value) for key, value in zip(extra[::2], extra[1::2])}
+
+
+def run_recipe(config_file, run_id: str, workflow_type: str, **overrides) -> None:
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=config_file,
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        run_id=run_id,
+        workflow_type=workflow_type,
+        **overrides,
+    )
+    workflow.initialize()
+    try:
+        workflow.run()
+    finally:
+        workflow.finalize()
+
+
+def run_seed(seed: int, output_dir: Path, overrides: dict) -> dict:
+    """Train and evaluate with ``seed``; returns its metrics.json."""
+    folder = output_dir / f"seed_{seed}"
+    values = {**overrides, "seed": seed, "ckpt_dir": str(folder / "models"), "output_dir": str(folder)}
+    values.setdefault("bundle_root", str(REPO / "bundle"))
+    run_recipe(str(CONFIGS / "train.json"), "training", "train", **values)
+    evaluation = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
+    run_recipe(evaluation, "evaluating", "eval", **values)
+    return json.loads((folder / "eval" / "metrics.json").read_text())
+
+
+def branch_metrics(report: dict) -> dict:
+    """{branch: {metric: value}} of one metrics.json (its own branch alone when it reports no branches)."""
+    if report.get("branches"):
+        return report["branches"]
+    return {report.get("anomaly_branch") or "mediclip": {m: report[m] for m in METRICS if m in report}}
+
+
+def summarise(reports: dict[int, dict]) -> dict:
+    """{branch: {metric: {"mean", "std", "values"}}} over the seeds (NaN and missing values left out)."""
+    summary: dict = {}
+    for report in reports.values():
+        for branch, values in branch_metrics(report).items():
+            for metric in METRICS:
+                value = values.get(metric)
+                if value is not None and not np.isnan(value):
+                    summary.setdefault(branch, {}).setdefault(metric, []).append(float(value))
+    return {
+        branch: {m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "values": v} for m, v in metrics.items()}
+        for branch, metrics in summary.items()
+    }
+
+
+def table(summary: dict, n_seeds: int) -> str:
+    metrics = [m for m in METRICS if any(m in values for values in summary.values())]
+    lines = [f"mean +/- std over {n_seeds} seed(s)", f"{'branch':12s} " + " ".join(f"{m:>17s}" for m in metrics)]
+    for branch, values in summary.items():
+        cells = [
+            f"{values[m]['mean']:.3f} +/- {values[m]['std']:.3f}".rjust(17) if m in values else " " * 17
+            for m in metrics
+        ]
+        lines.append(f"{branch:12s} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="default 0 1 2 3 4")
+    parser.add_argument("--output_dir", type=Path, default=REPO / "bundle" / "runs" / "seeds")
+    args, extra = parser.parse_known_args(argv)
+    overrides = overrides_from(extra)
+    logging.basicConfig(level=logging.INFO)
+    reports = {seed: run_seed(seed, args.output_dir, overrides) for seed in args.seeds}
+    summary = summarise(reports)
+    result = {"seeds": args.seeds, "overrides": overrides, "metrics": reports, "summary": summary}
+    with atomic_write(args.output_dir / "seeds.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    print(table(summary, len(args.seeds)))
+    print(f"every seed's metrics: {os.path.join(args.output_dir, 'seeds.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
