@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from . import calibration
+from .errors import ConfigValueError
 from .networks.mediclip import CALIBRATE_COMMAND
 
 __all__ = [
@@ -113,7 +114,8 @@ def decision_threshold(threshold: float | None, network=None) -> float:
         network: the trained network (where a calibrated threshold is read from).
 
     Raises:
-        ValueError: ``threshold`` is outside [0, 1], or ``None`` while the model carries no calibration.
+        ValueError: ``threshold`` is outside [0, 1]; ConfigValueError: ``None`` while the model carries no
+            calibration.
     """
     if threshold is None:
         return float(_calibrated(network, "pixel_threshold", "threshold"))
@@ -147,7 +149,7 @@ def _calibration(network) -> dict | None:
 def _calibrated(network, entry: str, key: str) -> float:
     stored = _calibration(network)
     if stored is None:
-        raise ValueError(
+        raise ConfigValueError(
             f"{key} null asks for the model's calibrated threshold, and this model.pt carries none; give one "
             f"(e.g. --{key} 0.5) or calibrate the model: {CALIBRATE_COMMAND}"
         )

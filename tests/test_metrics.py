@@ -14,8 +14,10 @@ from scipy import ndimage
 from sklearn.metrics import f1_score, roc_auc_score
 
 from mediclip_monai.metrics import (
+    ImageAccuracy,
     ImageAUROC,
     PixelAUROC,
+    PixelDice,
     image_auroc,
     max_f1,
     overlay_montage,
@@ -293,3 +295,22 @@ def test_overlay_montage_has_one_row_per_case(tmp_path, rng):
     assert width3 == width1 and height3 == pytest.approx(3 * height1, rel=0.05)
     with pytest.raises(ValueError):
         overlay_montage(tmp_path / "none.png", [])
+
+
+def test_pooled_dice_and_image_accuracy_at_a_threshold():
+    dice = PixelDice()
+    truth = torch.zeros(2, 1, 4, 4)
+    truth[0, 0, :2] = 1  # 8 anomalous pixels in case 0; case 1 normal
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[0, 0, 1:3] = 1  # 8 predicted, 4 of them right
+    mask[1, 0, 0, 0] = 1  # one false positive on the normal case
+    dice.update((list(mask), list(truth)))
+    dice.update(([None], [truth[0]]))  # a case without a prediction is left out
+    assert dice.compute() == pytest.approx(2 * 4 / (9 + 8))
+    accuracy = ImageAccuracy()
+    accuracy.update(([1, 0, 1, 0], [torch.tensor(1), torch.tensor(0), torch.tensor(0), torch.tensor(0)]))
+    assert accuracy.compute() == pytest.approx(0.75)
+    # image scores given per sample, not maps: the AUROC uses them as they are
+    auroc = ImageAUROC()
+    auroc.update(([0.2, 0.9, 0.4], [torch.tensor(0), torch.tensor(1), torch.tensor(1)]))
+    assert auroc.compute() == pytest.approx(roc_auc_score([0, 1, 1], [0.2, 0.9, 0.4]))

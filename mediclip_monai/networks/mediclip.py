@@ -246,11 +246,6 @@ class MediCLIP(nn.Module):
         anomaly = self.anomaly_maps_from_tokens(tokens, images.shape[-2:], (branch,))[branch]
         return torch.stack((1.0 - anomaly, anomaly), dim=1)
 
-    @staticmethod
-    def image_score(probabilities: torch.Tensor) -> torch.Tensor:
-        """Image-level anomaly score: the maximum of the full-resolution anomaly channel, shape B."""
-        return probabilities[:, 1].flatten(1).amax(dim=1)
-
     # --- checkpoint contents ----------------------------------------------------------------------------
 
     def get_extra_state(self) -> dict:

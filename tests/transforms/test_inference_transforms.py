@@ -19,6 +19,7 @@ from mediclip_monai.transforms import (
     ClipInput,
     ClipInputd,
     ModelGridd,
+    SplitBranchesd,
 )
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -112,3 +113,23 @@ def test_anomaly_truth_fills_normal_masks_and_derives_missing_labels():
     assert no_mask["image_truth"] == 1 and no_mask["label"] is None
     with pytest.raises(DataError, match="c.png: .*neither"):
         AnomalyTruthd()({"pred": pred, "source": "c.png"})
+
+
+def test_scoring_with_a_rule_and_an_image_threshold_and_branches_side_by_side():
+    maps = torch.zeros(3, 4, 4)  # channels: mediclip, memory_bank, fused
+    maps[0, 0, 0], maps[1] = 0.9, 0.3
+    maps[2, :2] = 0.6
+    split = SplitBranchesd("pred", ("mediclip", "memory_bank", "fused"), main_branch="fused")({"pred": maps})
+    assert torch.equal(split["pred"], maps[2:3]) and torch.equal(split["pred_mediclip"], maps[0:1])
+    rule = {"top_fraction": 0.25, "foreground_level": 0.1}
+    image = torch.ones(1, 4, 4)
+    scored = AnomalyScored("pred_mediclip", threshold=0.5, image_threshold=0.3, score_rule=rule, prefix="mediclip_")(
+        {**split, "image": image}
+    )
+    # top 4 of 16 pixels: one 0.9 and three 0: 0.225, under the image threshold though the mask is not empty
+    assert scored["mediclip_score"] == pytest.approx(0.225) and int(scored["mediclip_mask"].sum()) == 1
+    assert scored["mediclip_abnormal_decision"] == 0 and scored["mediclip_decision"] == "normal"
+    assert scored["mediclip_threshold"] == 0.5 and scored["mediclip_image_threshold"] == 0.3
+    assert "score" not in scored  # the prefix keeps branches apart
+    with pytest.raises(ValueError, match="3 channels"):
+        SplitBranchesd("pred", ("mediclip", "fused"), main_branch="fused")({"pred": maps})
