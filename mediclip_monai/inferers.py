@@ -7,6 +7,9 @@ network's own contract), batched through the network; the anomaly channel is res
 re-assembled on the input's own voxel grid: the map has exactly the input's shape, so it shares the
 input's affine. A case already on the model grid (``transforms.ModelGridd``, evaluation) needs no
 resizing and gets its maps at the network's resolution.
+
+Training and its validation use `CachedTokenInferer`: the network's forward, with the frozen backbone's
+tokens of images seen before (validation images, unchanged shots) taken from a `PatchTokenCache`.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 
 from .data.loading import views_to_volume, volume_to_views
+from .networks.token_cache import PatchTokenCache
 from .transforms.preprocessing import ClipInput
 
-__all__ = ["SliceWiseInferer"]
+__all__ = ["CachedTokenInferer", "SliceWiseInferer"]
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -100,3 +104,65 @@ class SliceWiseInferer(Inferer):
                 anomaly = _resize(anomaly.float(), tuple(views.shape[-2:]))
                 out[start : start + self.batch_size] = anomaly.clamp_(0, 1).to(views.device)
         return out
+
+
+class CachedTokenInferer(Inferer):
+    """``network(inputs)`` that reuses the frozen backbone's tokens of images it has seen before.
+
+    The inputs of a batch carry names (``cache_keys``, one per image) and, for training, the synthesis task
+    each image went through (``tasks``). An image may be reused when it comes back unchanged: every
+    validation image (no ``tasks``), and in training an image whose task is in ``reusable_tasks`` (the
+    Identity task gives the shot as it is). The rest run through the backbone as one batch, exactly as
+    without the cache, and the heads then run on the whole batch through the network's own forward (so
+    DistributedDataParallel still sees the call). A training image's tokens are computed on their own
+    (a batch of one), never inside another batch: they are then the same whichever batch first met the
+    image, and a resumed run gets the uninterrupted run's weights (while the cache has room: once full,
+    they run inside the batch like the rest). MONAI's ``PrepareBatchExtraInput``
+    passes the keys from the batch (train.json's ``prepare_batch``).
+
+    Args:
+        cache: where the tokens are kept; None runs ``network(inputs)`` as `SimpleInferer` does.
+        reusable_tasks: training tasks that leave the image unchanged.
+    """
+
+    def __init__(self, cache: PatchTokenCache | None, reusable_tasks: Sequence[str] = ("Identity",)) -> None:
+        super().__init__()
+        self.cache = cache
+        self.reusable_tasks = frozenset(reusable_tasks)
+
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: torch.nn.Module,
+        cache_keys: Sequence[str] | None = None,
+        tasks: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        if self.cache is None or not self.cache.enabled or cache_keys is None:
+            return network(inputs)
+        if len(cache_keys) != inputs.shape[0] or (tasks is not None and len(tasks) != inputs.shape[0]):
+            raise ValueError(f"{len(cache_keys)} cache keys for a batch of {inputs.shape[0]} images")
+        model = getattr(network, "module", network)  # DistributedDataParallel: .module
+        reusable = [tasks is None or task in self.reusable_tasks for task in (tasks or cache_keys)]
+        tokens: list[list[torch.Tensor] | None] = [
+            self.cache.get(key) if ok else None for key, ok in zip(cache_keys, reusable)
+        ]
+        if tasks is not None and not self.cache.full:  # training: an unchanged image on its own (see the class)
+            for i, key in enumerate(cache_keys):
+                if reusable[i] and tokens[i] is None:
+                    tokens[i] = [t[0] for t in model.patch_tokens(inputs[i : i + 1])]
+                    self.cache.put(key, tokens[i])
+        missing = [i for i, t in enumerate(tokens) if t is None]
+        if len(missing) == inputs.shape[0]:  # nothing known: the uncached path, bit for bit
+            fresh = model.patch_tokens(inputs)
+            for i, key in enumerate(cache_keys):
+                if reusable[i]:
+                    self.cache.put(key, [t[i] for t in fresh])
+            return network(inputs, tokens=fresh)
+        if missing:
+            fresh = model.patch_tokens(inputs[missing])
+            for j, i in enumerate(missing):
+                tokens[i] = [t[j] for t in fresh]
+                if reusable[i]:
+                    self.cache.put(cache_keys[i], tokens[i])
+        layers = [torch.stack([t[layer] for t in tokens]).to(inputs.device) for layer in range(len(tokens[0]))]
+        return network(inputs, tokens=layers)

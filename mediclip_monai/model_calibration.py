@@ -26,7 +26,7 @@ import torch
 from . import calibration
 from .io.atomic import atomic_write
 from .metrics import pixel_auroc
-from .networks import MediCLIP, PatchMemoryBank
+from .networks import MediCLIP, PatchMemoryBank, PatchTokenCache
 from .networks.checkpoint import load_state, read_model_state
 from .networks.memory_bank import DEFAULT_MAX_PATCHES, DEFAULT_MAX_SLICES, evenly_spaced_slices
 from .training import FewShotData
@@ -47,20 +47,40 @@ def bank_slice_indices(shot_slices: Sequence[Sequence[int]], max_slices: int = D
 
 
 def _token_batches(
-    network: MediCLIP, items: Sequence[dict], preprocessing: Callable, batch_size: int, amp: bool
+    network: MediCLIP,
+    items: Sequence[dict],
+    preprocessing: Callable,
+    batch_size: int,
+    amp: bool,
+    token_cache: PatchTokenCache | None = None,
 ) -> Iterator[list[torch.Tensor]]:
-    """The tapped patch tokens of ``items`` (dicts with a 1 x S x S ``image`` in [0, 1]), batch by batch."""
+    """The tapped patch tokens of ``items`` (dicts with a 1 x S x S ``image`` in [0, 1]), batch by batch.
+
+    Tokens that training kept in ``token_cache`` (under the item's ``cache_key``) are taken from there.
+    """
     device = next(network.parameters()).device
     for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        cached = [token_cache.get(item["cache_key"]) if token_cache and "cache_key" in item else None for item in batch]
+        missing = [i for i, tokens in enumerate(cached) if tokens is None]
+        if not missing:
+            yield [torch.stack([tokens[layer] for tokens in cached]) for layer in range(len(cached[0]))]
+            continue
         # The recipe's own validation preprocessing, so the network sees what validation showed it; it
         # also types a label, so shots get an empty one.
         inputs = [
             preprocessing({"image": item["image"], "label": item.get("label", torch.zeros_like(item["image"]))})
-            for item in items[start : start + batch_size]
+            for item in (batch[i] for i in missing)
         ]
         images = torch.stack([torch.as_tensor(x["image"]) for x in inputs]).to(device)
         with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-            yield network.patch_tokens(images)
+            fresh = network.patch_tokens(images)
+        if len(missing) == len(batch):
+            yield fresh
+            continue
+        for j, i in enumerate(missing):
+            cached[i] = [layer[j] for layer in fresh]
+        yield [torch.stack([tokens[layer] for tokens in cached]) for layer in range(len(fresh))]
 
 
 @torch.no_grad()
@@ -72,13 +92,14 @@ def build_memory_bank(
     seed: int = 0,
     batch_size: int = 8,
     amp: bool = False,
+    token_cache: PatchTokenCache | None = None,
 ) -> PatchMemoryBank:
     """Fill ``network.memory_bank`` from the shots' patch tokens (bounded to ``max_patches`` by its coreset).
 
     The old calibration is dropped: it belonged to the old bank.
     """
     bank = PatchMemoryBank(max_patches=max_patches, seed=seed)
-    bank.build_from_batches(_token_batches(network, shots, preprocessing, batch_size, amp))
+    bank.build_from_batches(_token_batches(network, shots, preprocessing, batch_size, amp, token_cache))
     network.memory_bank = bank.to(next(network.parameters()).device)
     network.calibration = None
     return network.memory_bank
@@ -92,11 +113,12 @@ def branch_maps(
     branches: Sequence[str] | None = None,
     batch_size: int = 8,
     amp: bool = False,
+    token_cache: PatchTokenCache | None = None,
 ) -> dict[str, torch.Tensor]:
     """N x S x S float32 maps (on the CPU) of each branch for ``items``; None: every available branch."""
     size = tuple(items[0]["image"].shape[-2:])
     parts: dict[str, list[torch.Tensor]] = {}
-    for tokens in _token_batches(network, items, preprocessing, batch_size, amp):
+    for tokens in _token_batches(network, items, preprocessing, batch_size, amp, token_cache):
         for name, anomaly_map in network.anomaly_maps_from_tokens(tokens, size, branches).items():
             parts.setdefault(name, []).append(anomaly_map.float().cpu())
     return {name: torch.cat(maps) for name, maps in parts.items()}
@@ -113,6 +135,7 @@ def calibrate_model(
     seed: int = 0,
     batch_size: int = 8,
     amp: bool = False,
+    token_cache: PatchTokenCache | None = None,
 ) -> dict:
     """Build the memory bank and the calibration of the model in ``model_path`` and write them into it.
 
@@ -127,6 +150,8 @@ def calibrate_model(
         seed: the config's seed (the coreset's draws).
         batch_size: slices per backbone pass.
         amp: autocast on CUDA, as validation.
+        token_cache: the run's store of backbone tokens (train.json's ``token_cache``): the shots and
+            validation images that training already passed through the frozen backbone are not run again.
 
     Returns:
         The calibration stored (see `mediclip_monai.calibration.calibrate`).
@@ -138,12 +163,13 @@ def calibrate_model(
     network.eval()
     start = time.perf_counter()
     shots = [data.train[i] for i in bank_slice_indices(data.shot_slices, memory_bank_slices)]
-    bank = build_memory_bank(network, shots, preprocessing, memory_bank_size, seed, batch_size, amp)
+    bank = build_memory_bank(network, shots, preprocessing, memory_bank_size, seed, batch_size, amp, token_cache)
     logger.info(
         f"memory bank: {bank.size} patches per layer from {len(shots)} slices of {len(data.shot_slices)} shots "
         f"in {time.perf_counter() - start:.1f} s"
     )
-    maps = branch_maps(network, data.validation, preprocessing, ("mediclip", "memory_bank"), batch_size, amp)
+    branches = ("mediclip", "memory_bank")
+    maps = branch_maps(network, data.validation, preprocessing, branches, batch_size, amp, token_cache)
     images = torch.stack([item["image"][0] for item in data.validation])
     masks = torch.stack([item["label"][0] for item in data.validation])
     result = calibration.calibrate(maps["mediclip"], maps["memory_bank"], images, masks, memory_bank_weight)

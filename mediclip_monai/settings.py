@@ -11,7 +11,9 @@ from .errors import ConfigValueError, format_problems
 __all__ = ["check_settings"]
 
 
-def check_settings(epochs, batch_size, k_shot, lr, val_interval, num_workers, threshold=0.5) -> None:
+def check_settings(
+    epochs, batch_size, k_shot, lr, val_interval, num_workers, threshold=0.5, feature_cache_gb=0.0
+) -> None:
     """Refuse config values that cannot work, before any data is read or any network is built.
 
     Raises:
@@ -34,6 +36,16 @@ def check_settings(epochs, batch_size, k_shot, lr, val_interval, num_workers, th
         isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold <= 1
     ):
         problems.append(f"--threshold {threshold!r}: must be an anomaly probability between 0 and 1 (or null)")
+    if (
+        isinstance(feature_cache_gb, bool)
+        or not isinstance(feature_cache_gb, numbers.Real)
+        or not math.isfinite(feature_cache_gb)
+        or feature_cache_gb < 0
+    ):
+        problems.append(
+            f"--feature_cache_gb {feature_cache_gb!r}: must be a number >= 0 (GiB of backbone tokens kept for "
+            "images seen again; 0 turns the cache off)"
+        )
     if not problems and val_interval > epochs:
         problems.append(
             f"--val_interval {val_interval} is more than --epochs {epochs}: no validation round would run, so no "

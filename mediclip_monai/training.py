@@ -36,9 +36,10 @@ MAX_HELD_OUT_VALIDATION = 32
 class FewShotData:
     """The k normal shots as 2D slices, and a fixed validation set with synthetic anomalies.
 
-    ``train``: dicts {"image": 1 x S x S tensor in [0, 1], "name", "entry"}; ``support_images``: the same
-    images, what CutPaste copies from; ``validation``: dicts {"image", "label", "name"} (label 1 x S x S
-    binary); ``shot_slices``: per shot, the indices in ``train`` of its slices (one for a 2D shot).
+    ``train``: dicts {"image": 1 x S x S tensor in [0, 1], "name", "entry", "cache_key"}; ``support_images``:
+    the same images, what CutPaste copies from; ``validation``: dicts {"image", "label", "name", "cache_key"}
+    (label 1 x S x S binary; ``cache_key`` names the image for `CachedTokenInferer`); ``shot_slices``: per
+    shot, the indices in ``train`` of its slices (one for a 2D shot).
     """
 
     train: list[dict]
@@ -79,6 +80,8 @@ def make_validation_set(
         validation.append(
             {"image": anomalous["image"], "label": anomalous["label"], "name": f"{item['name']}_synthetic"}
         )
+    for index, item in enumerate(validation):
+        item["cache_key"] = f"validation/{index}"
     return validation
 
 
@@ -102,6 +105,8 @@ def prepare_few_shot_data(
     # The images not drawn are only checked to be there: reading every file of a large dataset takes long.
     check_entries(shots + validation_items, exist_only=[item for item in training_items if item["image"] not in read])
     train = load_training_slices(shots, image_size=image_size)
+    for index, item in enumerate(train):  # names the slice for the token cache (CachedTokenInferer)
+        item["cache_key"] = f"train/{index}"
     if not train:
         raise DataError(f"{datalist}: the {len(shots)} training images hold no slice with foreground.")
     support = [item["image"] for item in train]

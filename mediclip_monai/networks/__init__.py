@@ -1,11 +1,12 @@
 """MediCLIP network parts: the frozen open_clip backbone, learnable prompts, the patch memory bank, the
-MediCLIP module and the reading of its checkpoint (model.pt)."""
+store of patch tokens, the MediCLIP module and the reading of its checkpoint (model.pt)."""
 
 from .checkpoint import CheckpointError, load_mediclip, read_model_state
 from .clip_backbone import TINY_MODEL_NAME, ClipBackbone, ClipWeightsUnavailableError, create_clip_model
 from .mediclip import BranchUnavailableError, CheckpointMismatchError, InputContract, MediCLIP
 from .memory_bank import PatchMemoryBank
 from .prompts import ABNORMAL_PHRASES, NORMAL_PHRASES, PromptLearner
+from .token_cache import PatchTokenCache
 
 __all__ = [
     "ABNORMAL_PHRASES",
@@ -19,6 +20,7 @@ __all__ = [
     "InputContract",
     "MediCLIP",
     "PatchMemoryBank",
+    "PatchTokenCache",
     "PromptLearner",
     "create_clip_model",
     "load_mediclip",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 NORMAL_PHRASES = (
@@ -56,9 +57,21 @@ class PromptLearner(nn.Module):
         causal_text_mask: False (default, as the reference code) runs the text transformer without its
             causal attention mask, so the end-of-text token also sees the padding; True uses CLIP's mask.
         n_context: learnable context tokens per phrase (8 in MediCLIP).
+        keep_eval_graph: entering eval mode computes the embeddings with their autograd graph and hands
+            that graph to the next training step, if the contexts have not changed in between: training
+            validates after an epoch and then takes a step with the same contexts, so one text-tower
+            forward per validation round is saved (exactly; the step's gradients are the same). Costs
+            the text tower's activations between the two; off for inference.
     """
 
-    def __init__(self, clip: nn.Module, tokenizer, causal_text_mask: bool = False, n_context: int = N_CONTEXT):
+    def __init__(
+        self,
+        clip: nn.Module,
+        tokenizer,
+        causal_text_mask: bool = False,
+        n_context: int = N_CONTEXT,
+        keep_eval_graph: bool = False,
+    ):
         super().__init__()
         # Kept out of the module tree: the text tower belongs to the backbone and is not saved here.
         self.__dict__["_text"] = _text_tower(clip)
@@ -70,7 +83,9 @@ class PromptLearner(nn.Module):
         self.register_buffer("tokens", tokens, persistent=False)
         width = self._text.token_embedding.weight.shape[1]
         self.context = nn.Parameter(torch.empty(len(phrases), n_context, width).normal_(std=0.02))
+        self.keep_eval_graph = keep_eval_graph
         self._cache: tuple | None = None
+        self._eval_graph: tuple | None = None  # (key, embeddings with their graph), for one training step
         # A load changes the weights in place: under torch.export that could not be seen (no version check).
         self.register_load_state_dict_post_hook(_forget_text_features)
 
@@ -81,10 +96,9 @@ class PromptLearner(nn.Module):
         n_ctx = self.context.shape[1]
         x = torch.cat([embeddings[:, :1], self.context, embeddings[:, 1 + n_ctx :]], dim=1)
         x = x + text.positional_embedding.to(x.dtype)
-        x = text.transformer(x, attn_mask=text.attn_mask if self.causal_text_mask else None)
-        x = text.ln_final(x)
         # Pool at the end-of-text token: it has the largest id in CLIP's vocabulary.
-        x = x[torch.arange(x.shape[0], device=x.device), self.tokens.argmax(dim=-1)]
+        eot = self.tokens.argmax(dim=-1)
+        x = text.ln_final(_encode_end_of_text(text.transformer, x, eot, text.attn_mask, self.causal_text_mask))
         projection = text.text_projection
         x = projection(x) if isinstance(projection, nn.Module) else x @ projection
         normal = x[: self.n_normal].mean(dim=0)
@@ -107,19 +121,15 @@ class PromptLearner(nn.Module):
         """
         if torch.is_grad_enabled() and self.context.requires_grad:
             self._cache = None
+            graph, self._eval_graph = self._eval_graph, None  # usable once: a backward frees it
+            if graph is not None and graph[0] == self._key():
+                return graph[1]
             return self._encode()
         if torch.compiler.is_exporting():
             # torch.export runs on fake tensors, which have no data pointer to check the cache with: the
             # embeddings of eval() become a constant of the graph (a load in between clears them).
             return self._cache[1] if self._cache is not None else self._encode()
-        # Versions of the frozen text weights too: loading other CLIP weights in place must not reuse
-        # embeddings of the old ones.
-        key = (
-            self.context.data_ptr(),
-            self.context._version,
-            self.causal_text_mask,
-            tuple(p._version for p in self._text_parameters()),
-        )
+        key = self._key()
         if self._cache is None or self._cache[0] != key:
             if torch.jit.is_tracing():  # stale in a trace: computed in its graph, not cached (a re-trace would
                 return self._encode()  # see a constant instead and fail the trace's check)
@@ -127,18 +137,66 @@ class PromptLearner(nn.Module):
                 self._cache = (key, self._encode())
         return self._cache[1]
 
+    def _key(self) -> tuple:
+        # Versions of the frozen text weights too: loading other CLIP weights in place must not reuse
+        # embeddings of the old ones.
+        return (
+            self.context.data_ptr(),
+            self.context._version,
+            self.causal_text_mask,
+            tuple(p._version for p in self._text_parameters()),
+        )
+
     def train(self, mode: bool = True) -> PromptLearner:
         """Eval mode fixes the embeddings: computed now, eagerly, so exporters (which call ``eval()``
-        first: MONAI's ``ckpt_export``/``onnx_export``) find them cached and bake them in."""
+        first: MONAI's ``ckpt_export``/``onnx_export``) find them cached and bake them in. With
+        ``keep_eval_graph``, their graph is kept for the next training step (see the class)."""
         super().train(mode)
         if not mode:
+            key = self._key()
+            if self.keep_eval_graph and self.context.requires_grad and (self._cache or (None,))[0] != key:
+                with torch.enable_grad():
+                    features = self._encode()
+                self._eval_graph, self._cache = (key, features), (key, features.detach())
             with torch.no_grad():
                 self.text_features()
         return self
 
 
+def _encode_end_of_text(
+    transformer: nn.Module, x: torch.Tensor, eot: torch.Tensor, causal_mask: torch.Tensor | None, causal: bool
+) -> torch.Tensor:
+    """P x width output of ``transformer`` at the end-of-text rows ``eot`` of the P x L x width input ``x``.
+
+    Equal to running the whole transformer and taking those rows, with two exact savings. The last block's
+    attention queries and MLP only matter at the end-of-text row (its keys and values still come from every
+    position). With the causal mask, no position attends to a later one, so the sequence is cut after the
+    last end-of-text token. Blocks of other types than open_clip's ResidualAttentionBlock run whole.
+    """
+    mask = causal_mask if causal else None
+    if causal:
+        length = int(eot.max()) + 1
+        x = x[:, :length]
+        mask = None if mask is None else mask[:length, :length]
+    blocks = list(transformer.resblocks)
+    last = blocks[-1]
+    plain = isinstance(last, ResidualAttentionBlock) and not hasattr(last, "ln_1_kv") and transformer.batch_first
+    if not plain or getattr(transformer, "grad_checkpointing", False):
+        out = transformer(x, attn_mask=mask)
+        return out[torch.arange(out.shape[0], device=out.device), eot]
+    for block in blocks[:-1]:
+        x = block(x, attn_mask=mask)
+    rows = torch.arange(x.shape[0], device=x.device)
+    query = x[rows, eot].unsqueeze(1)  # P x 1 x width
+    row_mask = None if mask is None else mask[eot].unsqueeze(1).repeat_interleave(last.attn.num_heads, dim=0)
+    keys = last.ln_1(x)
+    y = query + last.ls_1(last.attention(q_x=keys[rows, eot].unsqueeze(1), k_x=keys, v_x=keys, attn_mask=row_mask))
+    y = y + last.ls_2(last.mlp(last.ln_2(y)))
+    return y[:, 0]
+
+
 def _forget_text_features(module: PromptLearner, incompatible_keys) -> None:
-    module._cache = None
+    module._cache = module._eval_graph = None
 
 
 def build_tokenizer(clip_model: str):

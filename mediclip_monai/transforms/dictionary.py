@@ -308,6 +308,8 @@ class RandAnomalySynthesisd(_SynthesisDictionary):
             nearest the shape's centroid) lies on a pixel brighter than this, i.e. inside the body.
             Off by default, as in the reference, which puts about a quarter of labelled pixels on
             empty background, where nothing changes, and so teaches the model to flag empty air.
+        task_key: if set, the name of the task drawn is written there (train.json: "anomaly_task", so
+            training can reuse the backbone's tokens of the shots the Identity task left unchanged).
         allow_missing_keys: don't raise an error when the image key is missing.
     """
 
@@ -318,10 +320,18 @@ class RandAnomalySynthesisd(_SynthesisDictionary):
         tasks: Mapping[str, float] | Sequence[str] | None = None,
         support_images: Sequence[NdarrayOrTensor] | NdarrayOrTensor | None = None,
         foreground_threshold: float | None = None,
+        task_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         synthesis = RandAnomalySynthesis(tasks, support_images, foreground_threshold)
         super().__init__(keys, label_key, synthesis, 1.0, allow_missing_keys)
+        self.task_key = task_key
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = super().__call__(data)
+        if self.task_key is not None:
+            d[self.task_key] = self.synthesis.chosen_task
+        return d
 
     @property
     def chosen_task(self) -> str | None:
