@@ -97,13 +97,8 @@ def main() -> None:
         f"{'1/2/3+ pieces':>14s} | {'2 placed':>8s} | {'|d| in':>6s} | {'unchanged':>9s} | "
         f"{'on bg':>5s} | {'on bg, fg':>9s}"
     )
-    print(
-        f"{args.draws} draws per task, 224 x 224, 1 thread, torch float32 input\n"
-        f"{header}\n{'-' * len(header)}"
-    )
-    rows = [
-        (name, lambda fg, name=name: make_synthesis_task(name, slices, fg)) for name in SYNTHESIS_TASK_NAMES
-    ]
+    print(f"{args.draws} draws per task, 224 x 224, 1 thread, torch float32 input\n{header}\n{'-' * len(header)}")
+    rows = [(name, lambda fg, name=name: make_synthesis_task(name, slices, fg)) for name in SYNTHESIS_TASK_NAMES]
     rows.append(("default mixture", lambda fg: RandAnomalySynthesis(None, slices, fg)))
     for name, build in rows:
         results = []

@@ -1,10 +1,10 @@
 """Glue between the training bundle config (bundle/configs/train.json) and the package.
 
 The config holds the recipe; the few steps that are more than one expression live here as named
-functions: the few-shot sample and its fixed validation set, per-epoch
-seeding, and resume (the checkpoint to resume from, the record of the best model that a resumed run must
-keep, and the removal of stale resume checkpoints). Which datalist a run reads is decided in
-``data.resolve``.
+functions: the few-shot sample and its fixed validation set, per-epoch seeding, the next step's text
+features computed once for validation and training, and resume (the checkpoint to resume from, the
+record of the best model that a resumed run must keep, and the removal of stale resume checkpoints).
+Which datalist a run reads is decided in ``data.resolve``.
 """
 
 from __future__ import annotations
@@ -154,6 +154,34 @@ class EpochSeeder:
         # A fresh iterator: the previous epoch's exhausted one would still draw from the generator when
         # Ignite steps it to its end, which a resumed run never does.
         engine.set_data(engine.state.dataloader)
+
+
+class NextStepTextFeatures:
+    """After every epoch but the last, computes the text features of the next training step ahead of time.
+
+    The text features depend only on the prompt contexts, which do not change between the last step of
+    an epoch and the first of the next: the validation round in between and that next step both use the
+    features computed here (`PromptLearner.prepare_next_step`), instead of one text-tower forward each.
+    Exact, and the same under AMP (computed under the trainer's autocast). Attach it to the trainer
+    before the ValidationHandler, so that it runs first.
+
+    Args:
+        network: the MediCLIP network (not its DistributedDataParallel wrapper).
+    """
+
+    def __init__(self, network) -> None:
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.epoch >= engine.state.max_epochs:
+            return  # no next step: the last validation round computes its own
+        device = next(self.network.parameters()).device
+        amp = bool(getattr(engine, "amp", False)) and device.type == "cuda"
+        with torch.autocast(device.type, enabled=amp, **(getattr(engine, "amp_kwargs", None) or {})):
+            self.network.prompts.prepare_next_step()
 
 
 RESUME_PATTERN = "resume_checkpoint_*.pt"

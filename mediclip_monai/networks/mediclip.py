@@ -78,8 +78,6 @@ class MediCLIP(nn.Module):
         causal_text_mask: use CLIP's causal mask in the text transformer (the reference does not).
         anomaly_branch: the map ``forward`` returns, one of `BRANCHES`; None: the calibrated default
             (``calibration["default_branch"]``), ``mediclip`` while uncalibrated.
-        keep_eval_text_graph: validation's text-tower forward is reused by the next training step
-            (`PromptLearner`'s ``keep_eval_graph``; train.json turns it on).
 
     Input: B x 3 x S x S images normalised as ``input_contract`` says (S = the backbone's input size).
     Output: B x 2 x S x S; channel 1 the anomaly map of ``anomaly_branch``, channel 0 its complement
@@ -99,7 +97,6 @@ class MediCLIP(nn.Module):
         feature_layers: list[int] | None = None,
         causal_text_mask: bool = False,
         anomaly_branch: str | None = None,
-        keep_eval_text_graph: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = ClipBackbone(clip_model, clip_pretrained, clip_checkpoint, feature_layers)
@@ -107,9 +104,7 @@ class MediCLIP(nn.Module):
             nn.Conv2d(self.backbone.vision_width, self.backbone.embed_dim, kernel_size=1, bias=True)
             for _ in self.backbone.feature_layers
         )
-        self.prompts = PromptLearner(
-            self.backbone.clip, build_tokenizer(clip_model), causal_text_mask, keep_eval_graph=keep_eval_text_graph
-        )
+        self.prompts = PromptLearner(self.backbone.clip, build_tokenizer(clip_model), causal_text_mask)
         self.memory_bank = PatchMemoryBank()
         self.calibration: dict | None = None
         self.anomaly_branch = anomaly_branch

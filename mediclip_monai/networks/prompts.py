@@ -57,21 +57,9 @@ class PromptLearner(nn.Module):
         causal_text_mask: False (default, as the reference code) runs the text transformer without its
             causal attention mask, so the end-of-text token also sees the padding; True uses CLIP's mask.
         n_context: learnable context tokens per phrase (8 in MediCLIP).
-        keep_eval_graph: entering eval mode computes the embeddings with their autograd graph and hands
-            that graph to the next training step, if the contexts have not changed in between: training
-            validates after an epoch and then takes a step with the same contexts, so one text-tower
-            forward per validation round is saved (exactly; the step's gradients are the same). Costs
-            the text tower's activations between the two; off for inference.
     """
 
-    def __init__(
-        self,
-        clip: nn.Module,
-        tokenizer,
-        causal_text_mask: bool = False,
-        n_context: int = N_CONTEXT,
-        keep_eval_graph: bool = False,
-    ):
+    def __init__(self, clip: nn.Module, tokenizer, causal_text_mask: bool = False, n_context: int = N_CONTEXT):
         super().__init__()
         # Kept out of the module tree: the text tower belongs to the backbone and is not saved here.
         self.__dict__["_text"] = _text_tower(clip)
@@ -83,9 +71,8 @@ class PromptLearner(nn.Module):
         self.register_buffer("tokens", tokens, persistent=False)
         width = self._text.token_embedding.weight.shape[1]
         self.context = nn.Parameter(torch.empty(len(phrases), n_context, width).normal_(std=0.02))
-        self.keep_eval_graph = keep_eval_graph
         self._cache: tuple | None = None
-        self._eval_graph: tuple | None = None  # (key, embeddings with their graph), for one training step
+        self._next_step: tuple | None = None  # (key, embeddings with their graph), see prepare_next_step
         # A load changes the weights in place: under torch.export that could not be seen (no version check).
         self.register_load_state_dict_post_hook(_forget_text_features)
 
@@ -121,9 +108,9 @@ class PromptLearner(nn.Module):
         """
         if torch.is_grad_enabled() and self.context.requires_grad:
             self._cache = None
-            graph, self._eval_graph = self._eval_graph, None  # usable once: a backward frees it
-            if graph is not None and graph[0] == self._key():
-                return graph[1]
+            prepared, self._next_step = self._next_step, None  # usable once: a backward frees its graph
+            if prepared is not None and prepared[0] == self._key():
+                return prepared[1]
             return self._encode()
         if torch.compiler.is_exporting():
             # torch.export runs on fake tensors, which have no data pointer to check the cache with: the
@@ -147,17 +134,24 @@ class PromptLearner(nn.Module):
             tuple(p._version for p in self._text_parameters()),
         )
 
+    def prepare_next_step(self) -> None:
+        """Compute now, with their autograd graph, the embeddings the next training step will need.
+
+        Training calls this after the last step of an epoch (`mediclip_monai.training.NextStepTextFeatures`):
+        the validation round in between reads the same embeddings (cached, no gradient) instead of running
+        the text tower itself, and the next step, if the contexts have not changed, takes them with their
+        graph instead of a forward of its own. Exact: the same forward, done once instead of twice.
+        """
+        key = self._key()
+        with torch.enable_grad():
+            features = self._encode()
+        self._next_step, self._cache = (key, features), (key, features.detach())
+
     def train(self, mode: bool = True) -> PromptLearner:
         """Eval mode fixes the embeddings: computed now, eagerly, so exporters (which call ``eval()``
-        first: MONAI's ``ckpt_export``/``onnx_export``) find them cached and bake them in. With
-        ``keep_eval_graph``, their graph is kept for the next training step (see the class)."""
+        first: MONAI's ``ckpt_export``/``onnx_export``) find them cached and bake them in."""
         super().train(mode)
         if not mode:
-            key = self._key()
-            if self.keep_eval_graph and self.context.requires_grad and (self._cache or (None,))[0] != key:
-                with torch.enable_grad():
-                    features = self._encode()
-                self._eval_graph, self._cache = (key, features), (key, features.detach())
             with torch.no_grad():
                 self.text_features()
         return self
@@ -196,7 +190,7 @@ def _encode_end_of_text(
 
 
 def _forget_text_features(module: PromptLearner, incompatible_keys) -> None:
-    module._cache = module._eval_graph = None
+    module._cache = module._next_step = None
 
 
 def build_tokenizer(clip_model: str):
