@@ -16,7 +16,8 @@ Printed per step: the frozen image tower's forwards, the text tower's forward an
 prompts), the rest (adapters, maps, loss, their backward, the optimizer step), and the wait for the next
 batch (0 for pre-made batches; with ``--data_loader``, the DataLoader's with its workers).
 ``--baseline`` runs the step as it was before the token cache and the text tower's savings (every image
-through the image tower, the whole text transformer), for the before/after figure in one run.
+through the image tower, the whole text transformer) beside it, the two taking turns step by step, for a
+before/after figure that drifts of the machine's speed do not bias.
 """
 
 import argparse
@@ -36,6 +37,7 @@ args = parser.parse_args()
 for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[variable] = str(args.threads)
 
+import itertools
 import logging
 import statistics
 import tempfile
@@ -139,7 +141,9 @@ def make_loader(network, data) -> tuple[DataLoader, list]:
     return loader, batches
 
 
-def time_steps(clip_model: str, data, savings: bool) -> dict:
+def timed_steps(clip_model: str, data, savings: bool):
+    """Training steps of one network, as a generator: each ``next`` runs one timed step (the first also
+    the warm-up) and gives its figures, so that two variants can take turns, step by step."""
     set_determinism(0)
     network = MediCLIP(clip_model, "none").train()
     optimizer = torch.optim.Adam(network.trainable_parameters(), lr=1e-3, betas=(0.5, 0.999))
@@ -147,40 +151,37 @@ def time_steps(clip_model: str, data, savings: bool) -> dict:
     inferer = CachedTokenInferer(PatchTokenCache() if savings else None)
     loader, batches = make_loader(network, data)
     clock = StepClock(network)
+    text_path = prompts_module._encode_end_of_text if savings else whole_text_transformer
 
     def source():
         while True:
             yield from (batches if batches else loader)
 
-    steps, waits, images, texts = [], [], [], []
     warm_up = len(batches) if batches else 2 * len(loader)
-    text_path = prompts_module._encode_end_of_text if savings else whole_text_transformer
-    with clock.attached(), mock.patch.object(prompts_module, "_encode_end_of_text", text_path):
-        iterator = source()
-        for step in range(warm_up + args.steps):
+    iterator = source()
+    with clock.attached():
+        for step in itertools.count():
             start = time.perf_counter()
             batch = next(iterator)
             loaded = time.perf_counter()
             clock.reset()
-            inputs, labels, _, kwargs = PREPARE_BATCH(batch, torch.device("cpu"))
-            optimizer.zero_grad()
-            loss = loss_function(inferer(inputs, network, **kwargs), labels)
-            loss.backward()
-            optimizer.step()
+            with mock.patch.object(prompts_module, "_encode_end_of_text", text_path):
+                inputs, labels, _, kwargs = PREPARE_BATCH(batch, torch.device("cpu"))
+                optimizer.zero_grad()
+                loss = loss_function(inferer(inputs, network, **kwargs), labels)
+                loss.backward()
+                optimizer.step()
             end = time.perf_counter()
             if step >= warm_up:
-                steps.append(end - loaded)
-                waits.append(loaded - start)
-                images.append(clock.image)
-                texts.append(clock.text)
-    mean = statistics.mean
+                yield {"step": end - loaded, "wait": loaded - start, "image": clock.image, "text": clock.text}
+
+
+def summary(steps: list[dict]) -> dict:
+    mean = {key: statistics.mean(step[key] for step in steps) for key in steps[0]}
     return {
-        "step": mean(steps),
-        "median": statistics.median(steps),
-        "image": mean(images),
-        "text": mean(texts),
-        "rest": mean(steps) - mean(images) - mean(texts),
-        "wait": mean(waits),
+        **mean,
+        "median": statistics.median(step["step"] for step in steps),
+        "rest": mean["step"] - mean["image"] - mean["text"],
     }
 
 
@@ -198,9 +199,14 @@ def main() -> None:
     )
     for clip_model in args.clip_model:
         runs = [("before (no token cache, whole text transformer)", False)] if args.baseline else []
+        runs = {label: timed_steps(clip_model, data, savings) for label, savings in runs + [("now", True)]}
+        steps = {label: [] for label in runs}
+        for _ in range(args.steps):  # the variants take turns, so that both see the machine alike
+            for label, run in runs.items():
+                steps[label].append(next(run))
         results = {}
-        for label, savings in runs + [("now", True)]:
-            r = results[label] = time_steps(clip_model, data, savings)
+        for label in runs:
+            r = results[label] = summary(steps[label])
             print(
                 f"{clip_model} {label}: {r['step']:.3f} s/step (median {r['median']:.3f}) = image tower "
                 f"{r['image']:.3f} + text tower {r['text']:.3f} + heads, loss, optimizer {r['rest']:.3f}; "
@@ -208,7 +214,7 @@ def main() -> None:
                 flush=True,
             )
         if args.baseline:
-            before, now = results[runs[0][0]]["step"], results["now"]["step"]
+            before, now = results[next(iter(runs))]["step"], results["now"]["step"]
             print(f"{clip_model}: {now / before:.2f}x the step before ({(1 - now / before) * 100:.0f}% faster)")
 
 
