@@ -164,5 +164,4 @@ class CachedTokenInferer(Inferer):
                 tokens[i] = [t[j] for t in fresh]
                 if reusable[i]:
                     self.cache.put(cache_keys[i], tokens[i])
-        layers = [torch.stack([t[layer] for t in tokens]).to(inputs.device) for layer in range(len(tokens[0]))]
-        return network(inputs, tokens=layers)
+        return network(inputs, tokens=[torch.stack(layer).to(inputs.device) for layer in zip(*tokens)])

@@ -61,26 +61,25 @@ def _token_batches(
     device = next(network.parameters()).device
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
-        cached = [token_cache.get(item["cache_key"]) if token_cache and "cache_key" in item else None for item in batch]
+        known = token_cache is not None
+        cached = [token_cache.get(item["cache_key"]) if known and "cache_key" in item else None for item in batch]
         missing = [i for i, tokens in enumerate(cached) if tokens is None]
-        if not missing:
-            yield [torch.stack([tokens[layer] for tokens in cached]) for layer in range(len(cached[0]))]
-            continue
-        # The recipe's own validation preprocessing, so the network sees what validation showed it; it
-        # also types a label, so shots get an empty one.
-        inputs = [
-            preprocessing({"image": item["image"], "label": item.get("label", torch.zeros_like(item["image"]))})
-            for item in (batch[i] for i in missing)
-        ]
-        images = torch.stack([torch.as_tensor(x["image"]) for x in inputs]).to(device)
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-            fresh = network.patch_tokens(images)
-        if len(missing) == len(batch):
-            yield fresh
-            continue
-        for j, i in enumerate(missing):
-            cached[i] = [layer[j] for layer in fresh]
-        yield [torch.stack([tokens[layer] for tokens in cached]) for layer in range(len(fresh))]
+        if missing:
+            # The recipe's own validation preprocessing, so the network sees what validation showed it; it
+            # also types a label, so shots get an empty one.
+            inputs = [
+                preprocessing({"image": item["image"], "label": item.get("label", torch.zeros_like(item["image"]))})
+                for item in (batch[i] for i in missing)
+            ]
+            images = torch.stack([torch.as_tensor(x["image"]) for x in inputs]).to(device)
+            with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+                fresh = network.patch_tokens(images)
+            if len(missing) == len(batch):
+                yield fresh
+                continue
+            for j, i in enumerate(missing):
+                cached[i] = [layer[j] for layer in fresh]
+        yield [torch.stack(layer) for layer in zip(*cached)]
 
 
 @torch.no_grad()

@@ -162,10 +162,12 @@ def _encode_end_of_text(
 ) -> torch.Tensor:
     """P x width output of ``transformer`` at the end-of-text rows ``eot`` of the P x L x width input ``x``.
 
-    Equal to running the whole transformer and taking those rows, with two exact savings. The last block's
+    Equal to running the whole transformer and taking those rows, with exact savings. The last block's
     attention queries and MLP only matter at the end-of-text row (its keys and values still come from every
     position). With the causal mask, no position attends to a later one, so the sequence is cut after the
-    last end-of-text token. Blocks of other types than open_clip's ResidualAttentionBlock run whole.
+    last end-of-text token. The attention runs on the batch-first layout as one matrix product per
+    projection (`_self_attention`), without the transposes of ``nn.MultiheadAttention``'s general path.
+    Blocks of other types than open_clip's plain ResidualAttentionBlock run whole.
     """
     mask = causal_mask if causal else None
     if causal:
@@ -173,20 +175,49 @@ def _encode_end_of_text(
         x = x[:, :length]
         mask = None if mask is None else mask[:length, :length]
     blocks = list(transformer.resblocks)
-    last = blocks[-1]
-    plain = isinstance(last, ResidualAttentionBlock) and not hasattr(last, "ln_1_kv") and transformer.batch_first
-    if not plain or getattr(transformer, "grad_checkpointing", False):
+    if getattr(transformer, "grad_checkpointing", False) or not all(_is_plain(block) for block in blocks):
         out = transformer(x, attn_mask=mask)
         return out[torch.arange(out.shape[0], device=out.device), eot]
+    if not transformer.batch_first:
+        raise ValueError("the text transformer is expected batch-first")  # open_clip's default since 2.2
     for block in blocks[:-1]:
-        x = block(x, attn_mask=mask)
+        x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x), mask))
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    last = blocks[-1]
     rows = torch.arange(x.shape[0], device=x.device)
-    query = x[rows, eot].unsqueeze(1)  # P x 1 x width
-    row_mask = None if mask is None else mask[eot].unsqueeze(1).repeat_interleave(last.attn.num_heads, dim=0)
     keys = last.ln_1(x)
-    y = query + last.ls_1(last.attention(q_x=keys[rows, eot].unsqueeze(1), k_x=keys, v_x=keys, attn_mask=row_mask))
+    row_mask = None if mask is None else mask[eot][:, None, None, :]  # P x 1 (heads) x 1 (query) x L
+    y = x[rows, eot].unsqueeze(1) + last.ls_1(_self_attention(last.attn, keys, row_mask, keys[rows, eot].unsqueeze(1)))
     y = y + last.ls_2(last.mlp(last.ln_2(y)))
     return y[:, 0]
+
+
+def _is_plain(block: nn.Module) -> bool:
+    """An open_clip self-attention block whose attention `_self_attention` can compute."""
+    attention = getattr(block, "attn", None)
+    return (
+        isinstance(block, ResidualAttentionBlock)
+        and not hasattr(block, "ln_1_kv")
+        and isinstance(attention, nn.MultiheadAttention)
+        and attention.in_proj_weight is not None
+        and attention.dropout == 0.0
+    )
+
+
+def _self_attention(
+    attention: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None, queries: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``attention(q, x, x)`` for batch-first P x L x width ``x``; q = ``queries`` (P x Q x width) or ``x``."""
+    batch, length, width = x.shape
+    heads = attention.num_heads
+    weight, bias = attention.in_proj_weight, attention.in_proj_bias
+    if queries is None:
+        q, k, v = F.linear(x, weight, bias).view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    else:
+        k, v = F.linear(x, weight[width:], bias[width:]).view(batch, length, 2, heads, -1).permute(2, 0, 3, 1, 4)
+        q = F.linear(queries, weight[:width], bias[:width]).view(batch, -1, heads, width // heads).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
+    return attention.out_proj(out.transpose(1, 2).reshape(batch, -1, width))
 
 
 def _forget_text_features(module: PromptLearner, incompatible_keys) -> None:
