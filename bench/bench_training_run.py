@@ -33,6 +33,7 @@ from contextlib import ExitStack
 from unittest import mock
 
 import torch
+from baseline import whole_text_transformer
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
@@ -41,11 +42,6 @@ from mediclip_monai.training import NextStepTextFeatures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "bundle", "configs", "train.json")
-
-
-def whole_text_transformer(transformer, x, eot, causal_mask, causal):
-    out = transformer(x, attn_mask=causal_mask if causal else None)
-    return out[torch.arange(out.shape[0]), eot]
 
 
 def timed_run(savings: bool) -> dict:

@@ -46,6 +46,7 @@ from contextlib import contextmanager
 from unittest import mock
 
 import torch
+from baseline import whole_text_transformer
 from monai.data import DataLoader, Dataset
 from monai.engines.utils import PrepareBatchExtraInput
 from monai.transforms import Compose, EnsureTyped
@@ -60,12 +61,6 @@ from mediclip_monai.training import prepare_few_shot_data
 from mediclip_monai.transforms import ClipInputd, RandAnomalySynthesisd
 
 PREPARE_BATCH = PrepareBatchExtraInput(extra_keys={"cache_keys": "cache_key", "tasks": "anomaly_task"})
-
-
-def whole_text_transformer(transformer, x, eot, causal_mask, causal):
-    """The text tower as before: every row of every block."""
-    out = transformer(x, attn_mask=causal_mask if causal else None)
-    return out[torch.arange(out.shape[0]), eot]
 
 
 class StepClock:

@@ -142,7 +142,7 @@ class CachedTokenInferer(Inferer):
         if len(cache_keys) != inputs.shape[0] or (tasks is not None and len(tasks) != inputs.shape[0]):
             raise ValueError(f"{len(cache_keys)} cache keys for a batch of {inputs.shape[0]} images")
         model = getattr(network, "module", network)  # DistributedDataParallel: .module
-        reusable = [tasks is None or task in self.reusable_tasks for task in (tasks or cache_keys)]
+        reusable = [True] * len(cache_keys) if tasks is None else [task in self.reusable_tasks for task in tasks]
         tokens: list[list[torch.Tensor] | None] = [
             self.cache.get(key) if ok else None for key, ok in zip(cache_keys, reusable)
         ]

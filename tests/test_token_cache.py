@@ -62,7 +62,7 @@ def test_training_reuses_only_images_the_identity_task_left_unchanged(network, b
     inferer(batch, network, cache_keys=keys, tasks=["Identity", "CutPaste", "Identity", "GaussIntensityChange"])
     # Each unchanged shot alone (a batch of one, whatever batch met it first), then the changed ones together.
     assert backbone_batches == [1, 1, 2]
-    assert sorted(inferer.cache._tokens) == ["train/0", "train/2"]
+    assert sorted(inferer.cache.keys()) == ["train/0", "train/2"]
     for i in (0, 2):
         fresh = network.patch_tokens(batch[i : i + 1])
         for cached, layer in zip(inferer.cache.get(keys[i]), fresh):

@@ -167,7 +167,7 @@ def _encode_end_of_text(
     position). With the causal mask, no position attends to a later one, so the sequence is cut after the
     last end-of-text token. The attention runs on the batch-first layout as one matrix product per
     projection (`_self_attention`), without the transposes of ``nn.MultiheadAttention``'s general path.
-    Blocks of other types than open_clip's plain ResidualAttentionBlock run whole.
+    Other transformers (not batch-first, other block types) run whole.
     """
     mask = causal_mask if causal else None
     if causal:
@@ -175,11 +175,10 @@ def _encode_end_of_text(
         x = x[:, :length]
         mask = None if mask is None else mask[:length, :length]
     blocks = list(transformer.resblocks)
-    if getattr(transformer, "grad_checkpointing", False) or not all(_is_plain(block) for block in blocks):
+    plain = getattr(transformer, "batch_first", False) and all(_is_plain(block) for block in blocks)
+    if getattr(transformer, "grad_checkpointing", False) or not plain:
         out = transformer(x, attn_mask=mask)
         return out[torch.arange(out.shape[0], device=out.device), eot]
-    if not transformer.batch_first:
-        raise ValueError("the text transformer is expected batch-first")  # open_clip's default since 2.2
     for block in blocks[:-1]:
         x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x), mask))
         x = x + block.ls_2(block.mlp(block.ln_2(x)))

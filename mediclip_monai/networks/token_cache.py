@@ -30,23 +30,18 @@ class PatchTokenCache:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-        self._full = False
+        self.full = False  # an image was turned away for lack of room
 
     @property
     def enabled(self) -> bool:
         """False for a cache of 0 bytes: the inferer then runs as if there were none."""
         return self.max_bytes > 0
 
-    @property
-    def full(self) -> bool:
-        """Whether an image was turned away for lack of room."""
-        return self._full
-
     def __len__(self) -> int:
         return len(self._tokens)
 
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._tokens
+    def keys(self) -> list[Hashable]:
+        return list(self._tokens)
 
     def get(self, key: Hashable) -> list[torch.Tensor] | None:
         tokens = self._tokens.get(key)
@@ -62,16 +57,11 @@ class PatchTokenCache:
             return True
         size = sum(t.numel() * t.element_size() for t in tokens)
         if self.bytes + size > self.max_bytes:
-            self._full = True
+            self.full = True
             return False
         self._tokens[key] = [t.detach().clone() for t in tokens]
         self.bytes += size
         return True
-
-    def clear(self) -> None:
-        self._tokens.clear()
-        self.bytes = 0
-        self._full = False
 
     def __repr__(self) -> str:
         return (

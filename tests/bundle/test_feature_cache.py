@@ -6,6 +6,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.utils import set_determinism
 
+from mediclip_monai.model_calibration import bank_slice_indices
 from mediclip_monai.networks import PromptLearner
 from mediclip_monai.training import NextStepTextFeatures
 
@@ -42,20 +43,27 @@ def test_validation_metrics_are_bit_identical_with_and_without_the_cache(demo_di
     assert len(no_cache) == 0
 
 
-def test_reusing_unchanged_shots_keeps_the_trained_weights_and_calibration(demo_dir, tmp_path):
+def test_reusing_unchanged_shots_keeps_the_trained_weights_and_calibration(demo_dir, tmp_path, monkeypatch):
     runs = {}
     for name, gigabytes in (("reused", 2.0), ("recomputed", 0)):
         workflow = run_workflow(
             TRAIN, **small_training(demo_dir, tmp_path / name, epochs=3, feature_cache_gb=gigabytes)
         )
-        runs[name] = (workflow.parser.get_parsed_content("token_cache"), str(tmp_path / name / "models"))
+        runs[name] = (workflow.parser.get_parsed_content("token_cache"), str(tmp_path / name / "models"), workflow)
     cache = runs["reused"][0]
-    assert any(key.startswith("train/") for key in cache._tokens), "no unchanged shot was reused"
+    assert any(key.startswith("train/") for key in cache.keys()), "no unchanged shot was reused"
     reused, recomputed = (trained_state(runs[name][1]) for name in ("reused", "recomputed"))
     for key in reused:
         if key != "_extra_state":
             torch.testing.assert_close(reused[key], recomputed[key], rtol=0, atol=1e-5, msg=key)
-    # Calibration at the end of training took the shots' and validation tokens from the cache.
+    # Calibration took what the cache holds from there: run again, only the bank's uncached shots pass the backbone.
+    parser = runs["reused"][2].parser
+    backbone, data = parser.get_parsed_content("network_def").backbone, parser.get_parsed_content("data")
+    passed, patch_tokens = [], backbone.patch_tokens
+    monkeypatch.setattr(backbone, "patch_tokens", lambda images: passed.append(len(images)) or patch_tokens(images))
+    parser.get_parsed_content("calibration")()
+    bank_keys = [data.train[i]["cache_key"] for i in bank_slice_indices(data.shot_slices)]
+    assert sum(passed) == sum(key not in cache.keys() for key in bank_keys)
     calibrations = [
         torch.load(f"{runs[name][1]}/model.pt", weights_only=True)["_extra_state"]["calibration"]
         for name in ("reused", "recomputed")
