@@ -33,7 +33,14 @@ from mediclip_monai.networks.memory_bank import DEFAULT_MAX_PATCHES
 from mediclip_monai.transforms import ClipInputd
 
 TRAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundle", "configs", "train.json")
-MEMORY_BANK_SLICES = json.load(open(TRAIN))["memory_bank_slices"]
+
+
+def memory_bank_slices() -> int:
+    """train.json's ``memory_bank_slices`` (read when a benchmark runs, not at import)."""
+    with open(TRAIN) as f:
+        return json.load(f)["memory_bank_slices"]
+
+
 BATCH = 8
 
 
@@ -88,7 +95,8 @@ def calibrate_random_network(network: MediCLIP, seed: int = 0) -> MediCLIP:
     masks = torch.zeros(4, *size)
     masks[1::2, size[0] // 4 : size[0] // 2, size[1] // 4 : size[1] // 2] = 1.0
     with torch.no_grad():
-        inputs = torch.stack([preprocessing(network)({"image": i, "label": i})["image"] for i in images])
+        to_input = preprocessing(network)
+        inputs = torch.stack([to_input({"image": i, "label": i})["image"] for i in images])
         maps = network.anomaly_maps_from_tokens(network.patch_tokens(inputs.to(device)), size)
     network.calibration = calibration.calibrate(maps["mediclip"], maps["memory_bank"], images[:, 0], masks)
     return network
@@ -108,12 +116,13 @@ def bench_bank_building(network: MediCLIP, volume_slices: int) -> None:
     print(f"  k=16 2D shots: {watch} -> bank of {bank.size} patches")
 
     shot_slices = [list(range(s * volume_slices, (s + 1) * volume_slices)) for s in range(16)]
-    chosen = bank_slice_indices(shot_slices, MEMORY_BANK_SLICES)
+    per_shot = memory_bank_slices()
+    chosen = bank_slice_indices(shot_slices, per_shot)
     slices = [{"image": torch.rand(1, *size)} for _ in chosen]  # only the chosen slices are ever read
     with Stopwatch() as watch:
         bank = build_memory_bank(network, slices, preprocessing(network), batch_size=BATCH)
     print(
-        f"  k=16 volumes of {volume_slices} slices, {MEMORY_BANK_SLICES} evenly spaced of each = {len(chosen)} "
+        f"  k=16 volumes of {volume_slices} slices, {per_shot} evenly spaced of each = {len(chosen)} "
         f"slices: {watch} -> bank of {bank.size} patches (target < 60 s at ViT-B-16)"
     )
 

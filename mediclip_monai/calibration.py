@@ -43,6 +43,7 @@ import torch
 
 __all__ = [
     "BRANCHES",
+    "CALIBRATE_COMMAND",
     "DEFAULT_BRANCH",
     "FOREGROUND_LEVEL",
     "IMAGE_TOP_FRACTION",
@@ -60,6 +61,10 @@ __all__ = [
 ]
 
 BRANCHES = ("mediclip", "memory_bank", "fused")
+# How to add what a branch needs to an existing model.pt, for the errors that say it is missing.
+CALIBRATE_COMMAND = (
+    "python -m monai.bundle run calibrate --config_file bundle/configs/train.json [the training overrides]"
+)
 # The branch a calibrated model writes unless told otherwise (see "Default branch" above).
 DEFAULT_BRANCH = "fused"
 FOREGROUND_LEVEL = 0.1

@@ -96,7 +96,12 @@ def require_package(module: str, feature: str, install: str) -> None:
     except (ImportError, ValueError):  # a parent package is missing, or a broken half-install
         found = False
     if not found:
-        raise MissingPackageError(f"{feature} needs the package '{module}', which is not installed: {install}")
+        raise missing_package(module, feature, install)
+
+
+def missing_package(module: str, feature: str, install: str) -> MissingPackageError:
+    """The error for ``module`` not installed: what needs it and the command that installs it."""
+    return MissingPackageError(f"{feature} needs the package '{module}', which is not installed: {install}")
 
 
 def _chain(error: BaseException) -> list[BaseException]:
@@ -123,8 +128,7 @@ def reason_of(error: BaseException) -> tuple[BaseException, bool]:
     package = (root.name or "").split(".")[0] if isinstance(root, ModuleNotFoundError) else ""
     if package in EXTRA_PACKAGES:
         feature, extra = EXTRA_PACKAGES[package]
-        message = f"{feature} needs the package '{package}', which is not installed: pip install -e \".[{extra}]\""
-        return MissingPackageError(message), True
+        return missing_package(package, feature, f'pip install -e ".[{extra}]"'), True
     return root, False
 
 

@@ -55,10 +55,10 @@ PROTOCOL = (
 
 
 def evaluation_branches(network) -> tuple[str, ...] | None:
-    """The branches evaluated side by side: every one the network can compute, None for a network without
-    branches (then only its own map is evaluated)."""
+    """The branches evaluated side by side: every one the network can compute; None when it has fewer than
+    two (an uncalibrated model, or a network without branches: then only its own map is evaluated)."""
     branches = getattr(getattr(network, "module", network), "available_branches", None)
-    return None if branches is None else tuple(branches)
+    return None if branches is None or len(branches) < 2 else tuple(branches)
 
 
 def branch_scoring(network, branches: Sequence[str] | None, key: str = "pred") -> list:

@@ -24,7 +24,6 @@ import torch
 
 from . import calibration
 from .errors import ConfigValueError
-from .networks.mediclip import CALIBRATE_COMMAND
 
 __all__ = [
     "anomaly_mask",
@@ -151,6 +150,6 @@ def _calibrated(network, entry: str, key: str) -> float:
     if stored is None:
         raise ConfigValueError(
             f"{key} null asks for the model's calibrated threshold, and this model.pt carries none; give one "
-            f"(e.g. --{key} 0.5) or calibrate the model: {CALIBRATE_COMMAND}"
+            f"(e.g. --{key} 0.5) or calibrate the model: {calibration.CALIBRATE_COMMAND}"
         )
     return stored[entry][getattr(network, "module", network).anomaly_branch]

@@ -80,3 +80,6 @@ def test_case_score_follows_the_rule_per_axial_slice():
     image[:, :, 1] = 0.0  # slice 1 without foreground: all its pixels count, still 0.5
     assert case_score(anomaly_map, image, rule, axis=2)[0] == pytest.approx(0.5)
     assert case_score(anomaly_map[:, :, 2], image[:, :, 2], rule) == (pytest.approx(0.9 / 4), None)
+    background = image[:, :, 2].clone()
+    background[0, 0] = 0.0  # the bright pixel on background: not counted
+    assert case_score(anomaly_map[:, :, 2], background, rule) == (pytest.approx(0.0), None)

@@ -116,8 +116,9 @@ class AnomalyInferTask(BasicInferTask):
         self.config_file = os.path.join(bundle_dir, "configs", "inference.json")
         self.clip_checkpoint = clip_checkpoint or None
         recipe = ConfigParser.load_config_file(self.config_file)
-        overrides = {key: request_value(key, value) for key, value in (overrides or {}).items()}
-        config: dict[str, Any] = {key: overrides.get(key, recipe.get(key)) for key in REQUEST_KEYS}
+        self._overrides = {key: request_value(key, value) for key, value in (overrides or {}).items()}
+        # Shown in Slicer's options with the recipe's values of now; `recipe` reads the file again per request.
+        config: dict[str, Any] = {key: self._overrides.get(key, recipe.get(key)) for key in REQUEST_KEYS}
         if device:
             config["device"] = [device]
         super().__init__(
@@ -143,9 +144,13 @@ class AnomalyInferTask(BasicInferTask):
         parser["ckpt_path"] = self.get_path(validate=False)
         parser["clip_checkpoint"] = self.clip_checkpoint
         parser["device"] = str(data.get("device") or "cpu")
+        parser["run_identity"] = {}  # only the batch writers record it (and hashing model.pt takes a while)
         for key in REQUEST_KEYS:
-            if key in data:
-                parser[key] = request_value(key, data[key])
+            # MONAI Label fills every request with the task's startup config: a value equal to it stands for
+            # the file's value of now, unless the app's override set it.
+            value = request_value(key, data[key]) if key in data else None
+            if key in data and (key in self._overrides or value != self._config.get(key)):
+                parser[key] = value
         if network is not None:
             parser["network_def"] = network
         return parser

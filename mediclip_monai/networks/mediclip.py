@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..calibration import BRANCHES, fused_map
+from ..calibration import BRANCHES, CALIBRATE_COMMAND, fused_map
 from ..errors import MediclipError
 from .clip_backbone import ClipBackbone
 from .memory_bank import PatchMemoryBank
@@ -39,10 +39,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 3  # 3: memory bank and calibration; format 2 files (neither) still load
 BACKBONE_PREFIX = "backbone."
 MEMORY_BANK_KEY = "memory_bank.patches"
-# How to build what a branch needs, for the error raised when it is missing.
-CALIBRATE_COMMAND = (
-    "python -m monai.bundle run calibrate --config_file bundle/configs/train.json [the training overrides]"
-)
 # What must match between a checkpoint and the network it is loaded into: the architecture and taps.
 ARCHITECTURE_KEYS = ("clip_model", "feature_layers", "causal_text_mask")
 

@@ -37,13 +37,27 @@ for run in json.loads(sys.argv[1]):
     label, result = task({"image": run["study"]})
     result.pop("latencies", None)
     results.append({"label": label, **result})
+    if "then_threshold" in run:  # edit inference.json while the task lives, then ask again
+        recipe_file = run["bundle"] + "/configs/inference.json"
+        with open(recipe_file) as f:
+            recipe = json.load(f)
+        recipe["threshold"] = run["then_threshold"]
+        with open(recipe_file, "w") as f:
+            json.dump(recipe, f)
+        label, result = task({"image": run["study"]})
+        result.pop("latencies", None)
+        results.append({"label": label, **result})
 print("RESULTS " + json.dumps(results))
 """
 
 
 def run_tasks(*runs) -> list[dict]:
-    """Run the label task on each ``(bundle, model, study, overrides)`` in the MONAI Label environment."""
-    runs = [{"bundle": str(b), "model": str(m), "study": str(s), "overrides": o} for b, m, s, o in runs]
+    """Run the label task on each ``(bundle, model, study, overrides[, {"then_threshold": t}])`` in the MONAI Label
+    environment; with ``then_threshold``, the same task runs again after inference.json is edited to it."""
+    runs = [
+        {"bundle": str(b), "model": str(m), "study": str(s), "overrides": o, **(then[0] if then else {})}
+        for b, m, s, o, *then in runs
+    ]
     env = {**os.environ, "PYTHONPATH": REPO}
     args = [str(LABEL_PYTHON), "-c", RUN_TASKS, json.dumps(runs)]
     done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
@@ -93,7 +107,7 @@ def test_label_task_gives_the_batch_runs_map_and_mask(trained, study, label_resu
     np.testing.assert_array_equal(voxels(result["anomaly_map"]), voxels(case / "oblique_anomaly_map.nii.gz"))
     np.testing.assert_array_equal(voxels(result["label"]), voxels(case / "oblique_anomaly_mask.nii.gz"))
     written = json.loads((case / "oblique_case.json").read_text())
-    for key in ("score", "max_slice", "threshold", "decision"):
+    for key in ("score", "max_slice", "threshold", "image_threshold", "decision"):
         assert result[key] == written[key], key
 
 
@@ -106,3 +120,11 @@ def test_an_edit_of_inference_json_reaches_the_label_task_and_the_app_override_w
     np.testing.assert_array_equal(
         voxels(label_results["edited"]["anomaly_map"]), voxels(label_results["overridden"]["anomaly_map"])
     )
+
+
+def test_an_edit_of_inference_json_reaches_a_running_task_at_its_next_request(trained, study, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(Path(REPO) / "bundle" / "configs", bundle / "configs")
+    first, second = run_tasks((bundle, Path(trained) / "model.pt", study, {}, {"then_threshold": 0.3}))
+    assert first["threshold"] != 0.3 and second["threshold"] == 0.3
+    np.testing.assert_array_equal(voxels(second["label"]) > 0, voxels(second["anomaly_map"]) >= 0.3)
