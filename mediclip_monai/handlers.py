@@ -16,7 +16,7 @@ from ignite.engine import Engine, Events
 
 from .engines import FAILURE_KEY, is_distributed
 from .evaluation import MONTAGE_CASES, case_panels, case_record, write_report
-from .io.outputs import rebuild_index
+from .io.outputs import BackgroundWrites, rebuild_index
 
 __all__ = ["CaseIndexHandler", "EvaluationReport"]
 
@@ -36,15 +36,22 @@ class CaseIndexHandler:
 
     Args:
         output_dir: the inference output folder.
+        writes: the run's `io.outputs.BackgroundWrites`: waited for first, its failures added to the engine's
+            (``engines.CaseEvaluator`` reports them with the others).
     """
 
-    def __init__(self, output_dir: str) -> None:
+    def __init__(self, output_dir: str, writes: BackgroundWrites | None = None) -> None:
         self.output_dir = output_dir
+        self.writes = writes
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
+        if self.writes is not None:
+            for failure in self.writes.wait():
+                logger.error(failure)
+                engine.failures.append(failure)
         manifests = rebuild_index(self.output_dir)
         failed = len(getattr(engine, "failures", []))
         logger.info(f"{self.output_dir}: {len(manifests)} case(s) listed in scores.csv, {failed} failed in this run")

@@ -25,6 +25,7 @@ from monai.utils import convert_to_dst_type
 
 from .data.loading import views_to_volume, volume_to_views
 from .networks.token_cache import PatchTokenCache
+from .precision import FLOAT32, Precision
 from .transforms.preprocessing import ClipInput
 
 __all__ = ["CachedTokenInferer", "SliceWiseInferer"]
@@ -44,26 +45,30 @@ class SliceWiseInferer(Inferer):
         branches: None: channel 1 of ``network(batch)`` (the map of its ``anomaly_branch``). Names of
             anomaly branches (``MediCLIP.available_branches``): one output channel per branch, in that
             order, all from one backbone pass (``MediCLIP.anomaly_maps_from_tokens``); for evaluation.
+        precision: the network's precision (`mediclip_monai.precision`); a case that gives fewer than
+            ``AMP_MIN_BATCH`` slices per forward pass (a 2D image) runs in float32.
 
     ``__call__(inputs, network)``:
         inputs: ``B x 1 x H x W`` images or ``B x 1 x H x W x D`` volumes with intensities in [0, 1]
             (``ScaleIntensityRobustd``); a MetaTensor's affine (per case in a collated batch) gives each
             volume's axial axis. Any device: slices go to the network's device batch by batch.
         network: a MediCLIP network (``B x 3 x S x S`` -> ``B x 2 x S x S`` probabilities; channel 1 is
-            the anomaly) in eval mode, whose ``input_contract`` gives S, mean and std. Autocast, when the
-            caller enables it, covers the network only.
+            the anomaly) in eval mode, whose ``input_contract`` gives S, mean and std.
 
     Returns:
         ``B x 1 x H x W [x D]`` (``B x len(branches) x ...``) float32 anomaly values in [0, 1] on the inputs'
         grid and device, with the inputs' metadata.
     """
 
-    def __init__(self, batch_size: int = 8, branches: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, batch_size: int = 8, branches: Sequence[str] | None = None, precision: Precision = FLOAT32
+    ) -> None:
         super().__init__()
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1 slice, got {batch_size}")
         self.branches = None if branches is None else tuple(branches)
+        self.precision = precision
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         if inputs.ndim not in (4, 5) or inputs.shape[1] != 1:
@@ -91,18 +96,20 @@ class SliceWiseInferer(Inferer):
         device = next(iter(network.parameters()), torch.empty(0)).device
         channels = 1 if self.branches is None else len(self.branches)
         out = torch.empty((views.shape[0], channels, *views.shape[2:]), dtype=torch.float32, device=views.device)
+        # one precision for every slice of a case (see mediclip_monai.precision)
+        autocast = self.precision.autocast(min(self.batch_size, views.shape[0]))
         for start in range(0, views.shape[0], self.batch_size):
             batch = views[start : start + self.batch_size].to(device, torch.float32)
-            with torch.autocast(device.type, enabled=False):  # resizing and normalisation stay float32
-                batch = clip_input(_resize(batch, contract.image_size))
-            if self.branches is None:
-                anomaly = network(batch)[:, 1:2]
-            else:
-                maps = model.anomaly_maps_from_tokens(model.patch_tokens(batch), batch.shape[-2:], self.branches)
-                anomaly = torch.stack([maps[branch] for branch in self.branches], dim=1)
-            with torch.autocast(device.type, enabled=False):
-                anomaly = _resize(anomaly.float(), tuple(views.shape[-2:]))
-                out[start : start + self.batch_size] = anomaly.clamp_(0, 1).to(views.device)
+            batch = clip_input(_resize(batch, contract.image_size))
+            with autocast:
+                if self.branches is None:
+                    anomaly = network(batch)[:, 1:2]
+                else:
+                    tokens = model.patch_tokens(batch)
+                    maps = model.anomaly_maps_from_tokens(tokens, batch.shape[-2:], self.branches)
+                    anomaly = torch.stack([maps[branch] for branch in self.branches], dim=1)
+            anomaly = _resize(anomaly.float(), tuple(views.shape[-2:]))
+            out[start : start + self.batch_size] = anomaly.clamp_(0, 1).to(views.device)
         return out
 
 
@@ -123,12 +130,20 @@ class CachedTokenInferer(Inferer):
     Args:
         cache: where the tokens are kept; None runs ``network(inputs)`` as `SimpleInferer` does.
         reusable_tasks: training tasks that leave the image unchanged.
+        precision: the network's precision (`mediclip_monai.precision`), for every batch; the output is
+            float32 whatever it is.
     """
 
-    def __init__(self, cache: PatchTokenCache | None, reusable_tasks: Sequence[str] = ("Identity",)) -> None:
+    def __init__(
+        self,
+        cache: PatchTokenCache | None,
+        reusable_tasks: Sequence[str] = ("Identity",),
+        precision: Precision = FLOAT32,
+    ) -> None:
         super().__init__()
         self.cache = cache
         self.reusable_tasks = frozenset(reusable_tasks)
+        self.precision = precision
 
     def __call__(
         self,
@@ -136,6 +151,16 @@ class CachedTokenInferer(Inferer):
         network: torch.nn.Module,
         cache_keys: Sequence[str] | None = None,
         tasks: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        with self.precision.autocast():
+            return self._forward(inputs, network, cache_keys, tasks).float()
+
+    def _forward(
+        self,
+        inputs: torch.Tensor,
+        network: torch.nn.Module,
+        cache_keys: Sequence[str] | None,
+        tasks: Sequence[str] | None,
     ) -> torch.Tensor:
         if self.cache is None or not self.cache.enabled or cache_keys is None:
             return network(inputs)

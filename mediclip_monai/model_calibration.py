@@ -29,6 +29,7 @@ from .metrics import pixel_auroc
 from .networks import MediCLIP, PatchMemoryBank, PatchTokenCache
 from .networks.checkpoint import load_state, read_model_state
 from .networks.memory_bank import DEFAULT_MAX_PATCHES, DEFAULT_MAX_SLICES, evenly_spaced_slices
+from .precision import FLOAT32, Precision
 from .training import FewShotData
 
 __all__ = ["bank_slice_indices", "branch_maps", "build_memory_bank", "calibrate_model"]
@@ -51,12 +52,13 @@ def _token_batches(
     items: Sequence[dict],
     preprocessing: Callable,
     batch_size: int,
-    amp: bool,
+    precision: Precision,
     token_cache: PatchTokenCache | None = None,
 ) -> Iterator[list[torch.Tensor]]:
     """The tapped patch tokens of ``items`` (dicts with a 1 x S x S ``image`` in [0, 1]), batch by batch.
 
-    Tokens that training kept in ``token_cache`` (under the item's ``cache_key``) are taken from there.
+    Tokens that training kept in ``token_cache`` (under the item's ``cache_key``) are taken from there; the
+    others are computed in ``precision``, the precision training computed the cached ones in.
     """
     device = next(network.parameters()).device
     for start in range(0, len(items), batch_size):
@@ -72,7 +74,7 @@ def _token_batches(
                 for item in (batch[i] for i in missing)
             ]
             images = torch.stack([torch.as_tensor(x["image"]) for x in inputs]).to(device)
-            with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+            with precision.autocast():
                 fresh = network.patch_tokens(images)
             if len(missing) == len(batch):
                 yield fresh
@@ -89,16 +91,18 @@ def build_memory_bank(
     preprocessing: Callable,
     max_patches: int = DEFAULT_MAX_PATCHES,
     seed: int = 0,
-    batch_size: int = 8,
-    amp: bool = False,
+    precision: Precision = FLOAT32,
     token_cache: PatchTokenCache | None = None,
 ) -> PatchMemoryBank:
     """Fill ``network.memory_bank`` from the shots' patch tokens (bounded to ``max_patches`` by its coreset).
 
-    The old calibration is dropped: it belonged to the old bank.
+    Each shot's tokens are computed on their own, as training's token cache computes a shot's (see
+    `CachedTokenInferer`): matrix products can round differently in another batch, so this makes the bank
+    built at the end of training and the one of a later ``calibrate`` run the same, bit for bit. The old
+    calibration is dropped: it belonged to the old bank.
     """
     bank = PatchMemoryBank(max_patches=max_patches, seed=seed)
-    bank.build_from_batches(_token_batches(network, shots, preprocessing, batch_size, amp, token_cache))
+    bank.build_from_batches(_token_batches(network, shots, preprocessing, 1, precision, token_cache))
     network.memory_bank = bank.to(next(network.parameters()).device)
     network.calibration = None
     return network.memory_bank
@@ -111,14 +115,18 @@ def branch_maps(
     preprocessing: Callable,
     branches: Sequence[str] | None = None,
     batch_size: int = 8,
-    amp: bool = False,
+    precision: Precision = FLOAT32,
     token_cache: PatchTokenCache | None = None,
 ) -> dict[str, torch.Tensor]:
-    """N x S x S float32 maps (on the CPU) of each branch for ``items``; None: every available branch."""
+    """N x S x S float32 maps (on the CPU) of each branch for ``items``; None: every available branch.
+
+    Computed in ``precision``, as validation computes them during training."""
     size = tuple(items[0]["image"].shape[-2:])
     parts: dict[str, list[torch.Tensor]] = {}
-    for tokens in _token_batches(network, items, preprocessing, batch_size, amp, token_cache):
-        for name, anomaly_map in network.anomaly_maps_from_tokens(tokens, size, branches).items():
+    for tokens in _token_batches(network, items, preprocessing, batch_size, precision, token_cache):
+        with precision.autocast():
+            maps = network.anomaly_maps_from_tokens(tokens, size, branches)
+        for name, anomaly_map in maps.items():
             parts.setdefault(name, []).append(anomaly_map.float().cpu())
     return {name: torch.cat(maps) for name, maps in parts.items()}
 
@@ -133,7 +141,7 @@ def calibrate_model(
     memory_bank_weight: float = calibration.DEFAULT_MEMORY_BANK_WEIGHT,
     seed: int = 0,
     batch_size: int = 8,
-    amp: bool = False,
+    precision: Precision = FLOAT32,
     token_cache: PatchTokenCache | None = None,
 ) -> dict:
     """Build the memory bank and the calibration of the model in ``model_path`` and write them into it.
@@ -148,7 +156,7 @@ def calibrate_model(
         memory_bank_weight: fusion weight of the memory bank (``memory_bank_weight``).
         seed: the config's seed (the coreset's draws).
         batch_size: slices per backbone pass.
-        amp: autocast on CUDA, as validation.
+        precision: the precision of training (train.json's ``precision``, from ``amp``).
         token_cache: the run's store of backbone tokens (train.json's ``token_cache``): the shots and
             validation images that training already passed through the frozen backbone are not run again.
 
@@ -162,13 +170,13 @@ def calibrate_model(
     network.eval()
     start = time.perf_counter()
     shots = [data.train[i] for i in bank_slice_indices(data.shot_slices, memory_bank_slices)]
-    bank = build_memory_bank(network, shots, preprocessing, memory_bank_size, seed, batch_size, amp, token_cache)
+    bank = build_memory_bank(network, shots, preprocessing, memory_bank_size, seed, precision, token_cache)
     logger.info(
         f"memory bank: {bank.size} patches per layer from {len(shots)} slices of {len(data.shot_slices)} shots "
         f"in {time.perf_counter() - start:.1f} s"
     )
     branches = ("mediclip", "memory_bank")
-    maps = branch_maps(network, data.validation, preprocessing, branches, batch_size, amp, token_cache)
+    maps = branch_maps(network, data.validation, preprocessing, branches, batch_size, precision, token_cache)
     images = torch.stack([item["image"][0] for item in data.validation])
     masks = torch.stack([item["label"][0] for item in data.validation])
     result = calibration.calibrate(maps["mediclip"], maps["memory_bank"], images, masks, memory_bank_weight)

@@ -8,13 +8,45 @@ import numbers
 
 from .errors import ConfigValueError, format_problems
 
-__all__ = ["check_settings"]
+__all__ = ["check_settings", "flag"]
+
+TRUE_WORDS = ("true", "yes", "1", "on")
+FALSE_WORDS = ("false", "no", "0", "off")
+
+
+def flag(value, key: str, allow_null: bool = False) -> bool | None:
+    """A boolean config value, read strictly: the command line gives ``--amp false`` as the string 'false'.
+
+    Accepts booleans, 0 and 1, and the words true/false, yes/no, on/off, 1/0 in any case; with ``allow_null``
+    also None (and the words null/none), returned as None ("decide for me").
+
+    Raises:
+        ConfigValueError: anything else, naming ``--key`` and what it accepts.
+    """
+    if isinstance(value, bool):
+        return value
+    if value is None and allow_null:
+        return None
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+        if allow_null and word in ("null", "none"):
+            return None
+    accepted = "true or false" + (" (or null: decide by the device)" if allow_null else "")
+    raise ConfigValueError(f"--{key} {value!r}: must be {accepted}; also yes/no, on/off, 1/0")
 
 
 def check_settings(
-    epochs, batch_size, k_shot, lr, val_interval, num_workers, threshold=0.5, feature_cache_gb=0.0
+    epochs, batch_size, k_shot, lr, val_interval, num_workers, threshold=0.5, feature_cache_gb=0.0, flags=None
 ) -> None:
     """Refuse config values that cannot work, before any data is read or any network is built.
+
+    ``flags``: ``{key: value}`` of the boolean keys (`flag`; ``amp`` may also be null).
 
     Raises:
         ConfigValueError: one line per bad value, naming the key (the command-line override) and what works.
@@ -46,6 +78,11 @@ def check_settings(
             f"--feature_cache_gb {feature_cache_gb!r}: must be a number >= 0 (GiB of backbone tokens kept for "
             "images seen again; 0 turns the cache off)"
         )
+    for key, value in (flags or {}).items():
+        try:
+            flag(value, key, allow_null=key == "amp")
+        except ConfigValueError as error:
+            problems.append(str(error))
     if not problems and val_interval > epochs:
         problems.append(
             f"--val_interval {val_interval} is more than --epochs {epochs}: no validation round would run, so no "

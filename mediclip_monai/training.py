@@ -1,10 +1,11 @@
 """Glue between the training bundle config (bundle/configs/train.json) and the package.
 
 The config holds the recipe; the few steps that are more than one expression live here as named
-functions: the few-shot sample and its fixed validation set, per-epoch seeding, the next step's text
-features computed once for validation and training, and resume (the checkpoint to resume from, the
+functions: the few-shot sample and its fixed validation set, the next step's text features computed once
+for validation and training, and resume (the checkpoint to resume from, the
 record of the best model that a resumed run must keep, and the removal of stale resume checkpoints).
-Which datalist a run reads is decided in ``data.resolve``.
+Which datalist a run reads is decided in ``data.resolve``; the training batches of the whole run, seeded
+per sample, come from ``data.epoch_stream``.
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ import os
 import re
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers.checkpoint import CheckpointEvents
-from monai.data.utils import set_rnd
 
 from .data.datalists import check_entries, load_datalist, sample_k_shot
 from .data.loading import load_training_slices
 from .errors import ConfigValueError, DataError
+from .precision import FLOAT32, Precision
 from .transforms import DEFAULT_SYNTHESIS_TASKS, RandAnomalySynthesisd
 
 logger = logging.getLogger(__name__)
@@ -124,53 +124,23 @@ def prepare_few_shot_data(
     return FewShotData(train=train, validation=validation, support_images=support, shot_slices=shot_slices)
 
 
-class EpochSeeder:
-    """Seeds shuffling and anomaly synthesis from (seed, epoch, rank) at the start of every epoch.
-
-    Every epoch then draws new anomalies, and a run resumed from a checkpoint draws exactly what an
-    uninterrupted run would have drawn. The data loader must be built with ``generator``; with worker
-    processes, MONAI's worker_init_fn seeds each worker's transforms from that generator.
-
-    Args:
-        seed: the config's seed.
-        generator: the torch.Generator given to the training DataLoader.
-        dataset: the training dataset (its transforms are re-seeded for in-process loading).
-        rank: the process rank in distributed training.
-    """
-
-    def __init__(self, seed: int, generator: torch.Generator, dataset, rank: int = 0) -> None:
-        self.seed = int(seed)
-        self.generator = generator
-        self.dataset = dataset
-        self.rank = int(rank)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        epoch_seed = int(np.random.SeedSequence([self.seed, engine.state.epoch, self.rank]).generate_state(1)[0])
-        self.generator.manual_seed(epoch_seed)
-        set_rnd(self.dataset, epoch_seed)
-        # A fresh iterator: the previous epoch's exhausted one would still draw from the generator when
-        # Ignite steps it to its end, which a resumed run never does.
-        engine.set_data(engine.state.dataloader)
-
-
 class NextStepTextFeatures:
     """After every epoch but the last, computes the text features of the next training step ahead of time.
 
     The text features depend only on the prompt contexts, which do not change between the last step of
     an epoch and the first of the next: the validation round in between and that next step both use the
     features computed here (`PromptLearner.prepare_next_step`), instead of one text-tower forward each.
-    Exact, and the same under AMP (computed under the trainer's autocast). Attach it to the trainer
-    before the ValidationHandler, so that it runs first.
+    Exact, and the same in mixed precision (computed in the training step's precision). Attach it to the
+    trainer before the ValidationHandler, so that it runs first.
 
     Args:
         network: the MediCLIP network (not its DistributedDataParallel wrapper).
+        precision: the training's precision (`mediclip_monai.precision`).
     """
 
-    def __init__(self, network) -> None:
+    def __init__(self, network, precision: Precision = FLOAT32) -> None:
         self.network = network
+        self.precision = precision
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -178,9 +148,7 @@ class NextStepTextFeatures:
     def __call__(self, engine: Engine) -> None:
         if engine.state.epoch >= engine.state.max_epochs:
             return  # no next step: the last validation round computes its own
-        device = next(self.network.parameters()).device
-        amp = bool(getattr(engine, "amp", False)) and device.type == "cuda"
-        with torch.autocast(device.type, enabled=amp, **(getattr(engine, "amp_kwargs", None) or {})):
+        with self.precision.autocast():
             self.network.prompts.prepare_next_step()
 
 

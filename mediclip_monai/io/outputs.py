@@ -28,13 +28,17 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from monai.transforms import MapTransform
 
 from ..data.cases import Case
+from ..engines import describe_failure
 from .atomic import atomic_write
 from .writers import (
     write_anomaly_map,
@@ -46,6 +50,7 @@ from .writers import (
 
 __all__ = [
     "MANIFEST_SUFFIX",
+    "BackgroundWrites",
     "SaveCaseOutputsd",
     "assign_output_names",
     "file_digest",
@@ -179,6 +184,45 @@ def _write_manifest(folder: Path, name: str, manifest: dict) -> None:
         json.dump(manifest, f, indent=2)
 
 
+class BackgroundWrites:
+    """Writes cases' outputs in worker threads while the network goes on with the next case.
+
+    Compression and file writing release the GIL, so they overlap the next case's reading and inference. At
+    most ``workers + 1`` cases wait or are being written (each holds its map and mask in memory); a further
+    `submit` waits for a slot. `wait` (the engine's end: ``handlers.CaseIndexHandler``) returns once every
+    write is done, with the failures.
+
+    Args:
+        workers: writer threads; 0 writes in the calling thread (as a plain transform would).
+    """
+
+    def __init__(self, workers: int = 2) -> None:
+        self.workers = int(workers)
+        self._executor = ThreadPoolExecutor(self.workers, "case-writer") if self.workers > 0 else None
+        self._slots = threading.BoundedSemaphore(self.workers + 1)
+        self._pending: list[tuple[str, Future]] = []
+
+    def submit(self, source: str, write: Callable[[], None]) -> None:
+        """Run ``write`` (the outputs of the case of ``source``) in a writer thread, or now without threads."""
+        if self._executor is None:
+            write()
+            return
+        self._slots.acquire()
+        future = self._executor.submit(write)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._pending.append((source, future))
+
+    def wait(self) -> list[str]:
+        """Wait for every write submitted; ``"<source>: <reason>"`` for each that failed."""
+        failures = []
+        for source, future in self._pending:
+            error = future.exception()
+            if error is not None:
+                failures.append(describe_failure(source, error))
+        self._pending = []
+        return failures
+
+
 class SaveCaseOutputsd(MapTransform):
     """Write one case's outputs into ``<output_dir>/<name>/``, all or none, ending with its manifest.
 
@@ -194,10 +238,11 @@ class SaveCaseOutputsd(MapTransform):
         keys: the anomaly map key, ``(1, H, W[, D])`` MetaTensor.
         mask_key: the uint8 mask key (``AnomalyScored``).
         name_key, source_key: the case's name and its image file or DICOM series folder.
+        writes: where the writing runs (`BackgroundWrites`, whose ``wait`` reports failures); None: now.
 
     The case's ``score``, ``max_slice``, ``threshold``, ``image_threshold``, ``abnormal`` and ``decision``
-    (``AnomalyScored``) go into the
-    manifest. Sets ``case_folder`` (the folder written) and ``name`` (the name it got).
+    (``AnomalyScored``) go into the manifest. Sets ``case_folder`` and ``name`` (the folder written and the
+    name it got; with ``writes``, the one it is meant to get).
     """
 
     def __init__(
@@ -208,17 +253,41 @@ class SaveCaseOutputsd(MapTransform):
         mask_key: str = "mask",
         name_key: str = "name",
         source_key: str = "source",
+        writes: BackgroundWrites | None = None,
     ):
         super().__init__(keys)
         self.output_dir = Path(output_dir)
         self.identity = dict(identity or {})
         self.mask_key, self.name_key, self.source_key = mask_key, name_key, source_key
+        self.writes = writes
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         name, source = str(d[self.name_key]), str(d[self.source_key])
-        anomaly_map, mask = d[self.keys[0]][0], d[self.mask_key][0]
+        # on the CPU now: the arrays a writer thread gets must not depend on the device staying free
+        anomaly_map = np.asarray(d[self.keys[0]][0].detach().cpu(), dtype=np.float32)
+        mask = np.asarray(d[self.mask_key][0].detach().cpu(), dtype=np.uint8)
         affine = np.asarray(d[self.keys[0]].affine.cpu(), dtype=np.float64)
+        manifest = {
+            "name": name,
+            "source": source,
+            "score": float(d["score"]),
+            "max_slice": d.get("max_slice"),
+            "threshold": float(d["threshold"]),
+            "image_threshold": float(d["image_threshold"]),
+            "abnormal": int(d["abnormal_decision"]),
+            "decision": d["decision"],
+            **self.identity,
+        }
+        write = partial(self._write_case, name, source, anomaly_map, mask, affine, manifest)
+        if self.writes is None:
+            name = write()
+        else:  # the name it gets is known once written (a concurrent run may take this one meanwhile)
+            self.writes.submit(source, write)
+        d[self.name_key], d["case_folder"] = name, str(self.output_dir / name)
+        return d
+
+    def _write_case(self, name: str, source: str, anomaly_map, mask, affine, manifest: dict) -> str:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         staging = self.output_dir / f".{name}.tmp-{secrets.token_hex(4)}"
         staging.mkdir()
@@ -234,25 +303,12 @@ class SaveCaseOutputsd(MapTransform):
             if os.path.isdir(source) and mask.ndim == 3:
                 files["dicom_seg"] = f"{name}_anomaly_seg.dcm"
                 write_dicom_seg(staging / files["dicom_seg"], mask, source, affine=affine)
-            manifest = {
-                "name": name,
-                "source": source,
-                "score": float(d["score"]),
-                "max_slice": d.get("max_slice"),
-                "threshold": float(d["threshold"]),
-                "image_threshold": float(d["image_threshold"]),
-                "abnormal": int(d["abnormal_decision"]),
-                "decision": d["decision"],
-                **self.identity,
-                "outputs": list(files.values()),
-            }
+            manifest["outputs"] = list(files.values())
             _write_manifest(staging, name, manifest)
-            name = _commit(staging, self.output_dir, name, manifest)
+            return _commit(staging, self.output_dir, name, manifest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        d[self.name_key], d["case_folder"] = name, str(self.output_dir / name)
-        return d
 
 
 def rebuild_index(output_dir: str | os.PathLike) -> list[dict]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import gzip
 import importlib.metadata
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -94,7 +95,13 @@ def _affine_4x4(affine, ndim: int) -> np.ndarray:
     return affine
 
 
-def _write_nifti(path, data: np.ndarray, affine: np.ndarray) -> Path:
+# gzip level of the float anomaly map: 0 stores it in the gzip container uncompressed. A smooth float32 map
+# hardly compresses (level 1: 12% smaller for 30x the time, 1.4 s for a 197 x 233 x 189 volume on one core,
+# longer than the network takes for it on a GPU), while masks shrink 200x at level 1 in milliseconds.
+MAP_GZIP_LEVEL = 0
+
+
+def _write_nifti(path, data: np.ndarray, affine: np.ndarray, gzip_level: int = 1) -> Path:
     image = nib.Nifti1Image(data, affine)
     # Same geometry in sform and qform, both "scanner" (code 1): nibabel prefers the sform, ITK/SimpleITK
     # may take the qform; with both set and equal, every reader places the map on the source image.
@@ -104,11 +111,15 @@ def _write_nifti(path, data: np.ndarray, affine: np.ndarray) -> Path:
     image.header.set_xyzt_units("mm", "sec")
     path = Path(path)
     with atomic_write(path) as tmp:
-        nib.save(image, tmp)
+        if path.name.endswith(".gz"):
+            with gzip.open(tmp, "wb", compresslevel=gzip_level) as f:
+                f.write(image.to_bytes())
+        else:
+            nib.save(image, tmp)
     return path
 
 
-def write_anomaly_map(path: str | os.PathLike, anomaly_map, affine) -> Path:
+def write_anomaly_map(path: str | os.PathLike, anomaly_map, affine, gzip_level: int = MAP_GZIP_LEVEL) -> Path:
     """Write an anomaly probability map as float32 NIfTI.
 
     Args:
@@ -116,6 +127,7 @@ def write_anomaly_map(path: str | os.PathLike, anomaly_map, affine) -> Path:
         anomaly_map: ``(H, W)`` or ``(H, W, D)`` anomaly probabilities in the input's voxel grid; values
             are clipped to [0, 1]. NaN or inf is refused (it means a broken model output).
         affine: 4x4 voxel-to-world matrix in RAS millimetres (``MetaTensor.affine``).
+        gzip_level: compression of a ``.nii.gz`` file, 0 (stored, the default: see `MAP_GZIP_LEVEL`) to 9.
 
     Returns:
         ``path`` as a Path. A 2D array gives a 2D NIfTI of exactly that shape.
@@ -125,7 +137,7 @@ def write_anomaly_map(path: str | os.PathLike, anomaly_map, affine) -> Path:
     if not np.all(np.isfinite(data)):
         raise ValueError("anomaly_map has NaN or infinite values")
     data = np.clip(data, 0.0, 1.0)
-    return _write_nifti(path, data, _affine_4x4(affine, data.ndim))
+    return _write_nifti(path, data, _affine_4x4(affine, data.ndim), gzip_level)
 
 
 def write_anomaly_mask(path: str | os.PathLike, mask, affine) -> Path:
@@ -213,7 +225,8 @@ def write_slicer_segmentation(
     path = Path(path)
     with atomic_write(path) as tmp:
         # Fortran index order: array axis 0 is NRRD's fastest axis, matching the rows of space directions.
-        nrrd.write(str(tmp), data, header, index_order="F")
+        # gzip level 1, as nibabel's NIfTI: a mask compresses about as well and level 9 took 6x longer.
+        nrrd.write(str(tmp), data, header, index_order="F", compression_level=1)
     return path
 
 

@@ -167,12 +167,6 @@ class AnomalyInferTask(BasicInferTask):
     def inferer(self, data=None) -> Inferer:
         return parsed(self.recipe(data), "inferer")
 
-    def run_inferer(self, data: dict[str, Any], convert_to_batch=True, device="cpu"):
-        # Autocast as the recipe's evaluator (``amp``, on for CUDA); the inferer keeps its resizing in float32.
-        amp = bool(parsed(self.recipe(data), "amp")) and str(device).startswith("cuda")
-        with torch.autocast("cuda", enabled=amp):
-            return super().run_inferer(data, convert_to_batch=convert_to_batch, device=device)
-
     def post_transforms(self, data=None) -> Sequence[Callable]:
         network = self._get_network(data["device"], data)  # the decision threshold may come from model.pt
         post = parsed(self.recipe(data, network), "postprocessing")

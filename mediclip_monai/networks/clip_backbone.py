@@ -142,9 +142,9 @@ class ClipBackbone(nn.Module):
         return self._fingerprint[1]
 
     def train(self, mode: bool = True) -> ClipBackbone:
-        # CLIP stays in eval mode (no dropout) whatever the surrounding module does.
-        super().train(mode)
-        self.clip.eval()
+        # CLIP stays in eval mode (no dropout) whatever the surrounding module does. Not recursing into its
+        # hundreds of submodules matters: MONAI's engines switch the network's mode at every iteration.
+        self.training = mode
         return self
 
     def patch_tokens(self, images: torch.Tensor) -> list[torch.Tensor]:

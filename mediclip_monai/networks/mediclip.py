@@ -197,6 +197,9 @@ class MediCLIP(nn.Module):
         text = self.text_features()
         logits = 0
         for adapter, layer_tokens in zip(self.adapters, tokens):
+            if not torch.is_autocast_enabled(layer_tokens.device.type):
+                # tokens computed under autocast (the token cache, calibration) meet float32 adapters here
+                layer_tokens = layer_tokens.to(adapter.weight.dtype)
             patches = F.normalize(adapter(layer_tokens).permute(0, 2, 3, 1), dim=-1)
             logits = logits + patches @ text.to(patches.dtype)
         return (logits / len(tokens)).permute(0, 3, 1, 2)
@@ -205,7 +208,7 @@ class MediCLIP(nn.Module):
         """B x 2 x output_size softmax probabilities from tapped tokens (see :meth:`patch_tokens`)."""
         logits = self.mediclip_logits(tokens)
         logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=True)
-        return logits.softmax(dim=1)
+        return logits.softmax(dim=1, dtype=torch.float32)
 
     def anomaly_maps_from_tokens(
         self, tokens: list[torch.Tensor], output_size, branches: tuple[str, ...] | None = None
@@ -232,7 +235,7 @@ class MediCLIP(nn.Module):
             maps["memory_bank"] = self.memory_bank.anomaly_map(tokens, output_size)
         if "fused" in branches:
             maps["fused"] = fused_map(maps["mediclip"], maps["memory_bank"], self.calibration["fusion"])
-        return {branch: maps[branch] for branch in branches}
+        return {branch: maps[branch].float() for branch in branches}
 
     def forward(self, images: torch.Tensor, tokens: list[torch.Tensor] | None = None) -> torch.Tensor:
         """B x 2 x S x S map of ``anomaly_branch`` (see the class). ``tokens``: the images' tapped patch tokens

@@ -230,20 +230,35 @@ class PatchMemoryBank(nn.Module):
                 f"layers of width {tokens[0].shape[1]}"
             )
         batch, _, h, w = tokens[0].shape
-        queries = _flatten_layers(tokens)  # L x P x C
-        bank = self.patches.to(queries.device)
-        # Chunks of the bank only, never of the queries: the bank's size is fixed, so a torch.jit.trace of
-        # this loop holds for any batch size (a loop over query chunks would be unrolled for the traced batch).
-        best = None
-        for start in range(0, self.size, self.bank_chunk):
-            keys = bank[:, start : start + self.bank_chunk].float()
-            similarity = torch.bmm(queries, keys.transpose(1, 2)).amax(dim=2)
-            best = similarity if best is None else torch.maximum(best, similarity)
-        return (1.0 - best).mean(dim=0).reshape(batch, h, w)
+        # float32 even under autocast: similarities near 1 keep 3 significant digits in bfloat16, too few for
+        # the small differences (1 - similarity) that make the score
+        with torch.autocast(tokens[0].device.type, enabled=False):
+            queries = _flatten_layers(tokens)  # L x P x C
+            bank = self._float_patches(queries.device)
+            # Chunks of the bank only, never of the queries: the bank's size is fixed, so a torch.jit.trace of
+            # this loop holds for any batch size (a loop over query chunks would be unrolled for the traced batch).
+            best = None
+            for start in range(0, self.size, self.bank_chunk):
+                keys = bank[:, start : start + self.bank_chunk]
+                similarity = torch.bmm(queries, keys.transpose(1, 2)).amax(dim=2)
+                best = similarity if best is None else torch.maximum(best, similarity)
+            return (1.0 - best).mean(dim=0).reshape(batch, h, w)
+
+    def _float_patches(self, device: torch.device) -> torch.Tensor:
+        """The bank in float32 on ``device``, converted once (per change of the stored bank), not per batch."""
+        if torch.jit.is_tracing():  # a traced graph must hold the conversion, not a constant made from it
+            return self.patches.to(device=device, dtype=torch.float32)
+        key = (self.patches.data_ptr(), self.patches._version, str(device))
+        cached = getattr(self, "_float_cache", None)
+        if cached is None or cached[0] != key:
+            self._float_cache = cached = (key, self.patches.to(device=device, dtype=torch.float32))
+        return cached[1]
 
     def anomaly_map(self, tokens: Sequence[torch.Tensor], output_size: Sequence[int]) -> torch.Tensor:
-        """B x S x S map: `patch_scores` upsampled bilinearly (align_corners=True), like MediCLIP's map."""
-        return upsample_patch_map(self.patch_scores(tokens), output_size)
+        """B x S x S float32 map: `patch_scores` upsampled bilinearly (align_corners=True), like MediCLIP's map."""
+        scores = self.patch_scores(tokens)
+        with torch.autocast(scores.device.type, enabled=False):
+            return upsample_patch_map(scores, output_size)
 
     # ------------------------------------------------------------------------------------ state
 

@@ -1,6 +1,7 @@
 """atomic_write: a failed write leaves nothing behind and never clobbers the previous file."""
 
-import nibabel as nib
+import gzip
+
 import numpy as np
 import pytest
 
@@ -37,12 +38,12 @@ def test_existing_file_survives_a_failed_write(tmp_path):
 
 
 def test_writer_failing_midway_leaves_nothing(tmp_path, monkeypatch):
-    def save_half_then_fail(image, filename):
+    def open_half_then_fail(filename, mode="rb", compresslevel=9):
         with open(filename, "wb") as handle:
             handle.write(b"\x1f\x8b half a gzip")
         raise OSError("disk full")
 
-    monkeypatch.setattr(nib, "save", save_half_then_fail)
+    monkeypatch.setattr(gzip, "open", open_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         write_anomaly_map(tmp_path / "case" / "case_anomaly_map.nii.gz", np.zeros((4, 4), np.float32), np.eye(4))
     assert list((tmp_path / "case").iterdir()) == []
