@@ -25,6 +25,7 @@ batch, one case), never between the slices of one volume, so a volume's map has 
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,8 @@ import torch
 from .settings import flag
 
 __all__ = ["AMP_MIN_BATCH", "FLOAT32", "Precision", "resolve_precision"]
+
+logger = logging.getLogger(__name__)
 
 # Forward batches smaller than this run in float32 (see the module docstring).
 AMP_MIN_BATCH = 4
@@ -74,7 +77,7 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
     def __str__(self) -> str:
-        return "float32" if self.dtype is None else f"{str(self.dtype).replace('torch.', '')} autocast"
+        return "float32" if self.dtype is None else f"{str(self.dtype).removeprefix('torch.')} autocast"
 
 
 FLOAT32 = Precision()
@@ -88,7 +91,10 @@ def resolve_precision(amp, device) -> Precision:
     if wanted is None:
         wanted = device_type == "cuda"
     if not wanted:
-        return Precision(device_type, None)
-    if device_type == "cuda":
-        return Precision("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return Precision(device_type, torch.bfloat16)
+        precision = Precision(device_type, None)
+    elif device_type == "cuda":
+        precision = Precision("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    else:
+        precision = Precision(device_type, torch.bfloat16)
+    logger.info(f"precision on {device}: {precision} (amp {amp})")
+    return precision

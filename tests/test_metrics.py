@@ -48,6 +48,13 @@ def test_image_auroc_and_pixel_auroc_match_sklearn(rng):
     assert pixel_auroc(as_list_masks, as_list_maps) == pytest.approx(pooled)
 
 
+def test_auroc_with_ties_equals_sklearn_to_the_last_digit(rng):
+    labels = rng.random(50_000) < 0.1
+    scores = np.round(rng.random(50_000) + 0.2 * labels, 2)  # 121 distinct values: ties across both classes
+    assert pixel_auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert image_auroc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+
+
 def test_max_f1_is_the_best_f1_over_all_thresholds(rng):
     labels = rng.integers(0, 2, size=60)
     scores = rng.random(60) + 0.4 * labels
