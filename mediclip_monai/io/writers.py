@@ -36,6 +36,7 @@ import nibabel as nib
 import numpy as np
 
 from ..data.dicom import DicomSeries, scan_dicom_series, series_affine, series_from_datasets
+from ..data.loading import SHEAR_TOLERANCE_VOXELS, shear_voxels
 from ..errors import DataError
 from .atomic import atomic_write
 
@@ -100,6 +101,10 @@ def _write_nifti(path, data: np.ndarray, affine: np.ndarray) -> Path:
     # may take the qform; with both set and equal, every reader places the map on the source image.
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
+    if shear_voxels(affine, data.shape) > SHEAR_TOLERANCE_VOXELS:
+        # A qform cannot shear: the sheared grid (gantry tilt) lives in the sform alone. With a qform, ITK
+        # readers would place the voxels on the nearest unsheared grid; without one they refuse the file.
+        image.set_qform(None, code=0)
     image.set_data_dtype(data.dtype)
     image.header.set_xyzt_units("mm", "sec")
     path = Path(path)
