@@ -111,3 +111,16 @@ def pixel_positions(path) -> tuple[np.ndarray, np.ndarray]:
         + r[..., None] * between_rows * orientation[3:]  # down a column: the column direction
     )
     return points, ds.pixel_array
+
+
+def voxel_indices(points, lps_affine, shape) -> tuple[np.ndarray, ...]:
+    """The voxels that a voxel-to-LPS affine puts at ``points`` (..., 3), as an index tuple.
+
+    Asserts that each point is a voxel centre (within 1e-3 voxels) inside a grid of ``shape``.
+    """
+    homogeneous = np.concatenate([points, np.ones((*points.shape[:-1], 1))], axis=-1)
+    index = (homogeneous @ np.linalg.inv(lps_affine).T)[..., :3]
+    np.testing.assert_allclose(index, np.round(index), atol=1e-3)  # on a voxel centre, not between voxels
+    index = np.round(index).astype(int)
+    assert (index >= 0).all() and (index < np.asarray(shape)).all()
+    return tuple(np.moveaxis(index, -1, 0))

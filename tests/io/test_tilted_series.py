@@ -14,21 +14,11 @@ import slicerio
 
 from mediclip_monai.data.loading import read_image
 from mediclip_monai.io import write_anomaly_map, write_anomaly_mask, write_dicom_seg, write_slicer_segmentation
-from tests.dicom_series import FLAG, pixel_positions, write_series, write_tilted_series
+from tests.dicom_series import FLAG, pixel_positions, voxel_indices, write_series, write_tilted_series
 
 pytestmark = pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader")
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def voxel_indices(points, lps_affine, shape) -> tuple[np.ndarray, ...]:
-    """The voxels that a voxel-to-LPS affine puts at ``points`` (..., 3); each must be a voxel centre in the grid."""
-    homogeneous = np.concatenate([points, np.ones((*points.shape[:-1], 1))], axis=-1)
-    index = (homogeneous @ np.linalg.inv(lps_affine).T)[..., :3]
-    np.testing.assert_allclose(index, np.round(index), atol=1e-3)  # on a voxel centre, not between voxels
-    index = np.round(index).astype(int)
-    assert (index >= 0).all() and (index < np.asarray(shape)).all()
-    return tuple(np.moveaxis(index, -1, 0))
 
 
 def nifti_transforms(image) -> dict[str, np.ndarray]:
