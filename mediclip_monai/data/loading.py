@@ -89,7 +89,9 @@ def _load(path: Path, reader) -> MetaTensor:
 def case_name(path: str | os.PathLike) -> str:
     """The name of a case: the file name without its image suffix (``brain_01.nii.gz`` -> ``brain_01``).
 
-    A DICOM series folder is named after the folder.
+    A DICOM series folder is named after the folder. The name is never hidden: leading dots are dropped
+    (``.scan.nii.gz`` -> ``scan``), and a file with no name before its suffix (``.nii.gz``, ``..nii.gz``)
+    is ``unnamed``.
 
     Args:
         path: image file or DICOM series folder.
@@ -97,9 +99,10 @@ def case_name(path: str | os.PathLike) -> str:
     name = Path(path).name
     lower = name.lower()
     for suffix in NIFTI_SUFFIXES + DICOM_SUFFIXES + PICTURE_SUFFIXES + ITK_SUFFIXES:
-        if lower.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
+        if lower.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name.lstrip(".") or "unnamed"
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
