@@ -95,7 +95,23 @@ def _affine_4x4(affine, ndim: int) -> np.ndarray:
     return affine
 
 
+def _normal_third_axis(affine: np.ndarray) -> np.ndarray:
+    """A 2D grid's affine with the plane's unit normal as its third column (on the side the column points to).
+
+    A 2D grid has no slice step, so no voxel's position depends on that column and readers fill it at will
+    (MONAI's PydicomReader: the patient's z axis, whatever the plane). The normal keeps an oblique plane's
+    grid unsheared, so a NIfTI qform and ITK hold it exactly.
+    """
+    affine = affine.copy()
+    normal = np.cross(affine[:3, 0], affine[:3, 1])
+    normal /= np.linalg.norm(normal)
+    affine[:3, 2] = -normal if normal @ affine[:3, 2] < 0 else normal
+    return affine
+
+
 def _write_nifti(path, data: np.ndarray, affine: np.ndarray) -> Path:
+    if data.ndim == 2:
+        affine = _normal_third_axis(affine)
     image = nib.Nifti1Image(data, affine)
     # Same geometry in sform and qform, both "scanner" (code 1): nibabel prefers the sform, ITK/SimpleITK
     # may take the qform; with both set and equal, every reader places the map on the source image.
@@ -147,11 +163,7 @@ def _to_3d_grid(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nd
     """A 2D mask and its affine as a one-slice volume; the slice axis is the in-plane normal (1 mm)."""
     if mask.ndim == 3:
         return mask, affine
-    affine = affine.copy()
-    if np.linalg.norm(affine[:3, 2]) < 1e-6:
-        normal = np.cross(affine[:3, 0], affine[:3, 1])
-        affine[:3, 2] = normal / np.linalg.norm(normal)
-    return mask[..., None], affine
+    return mask[..., None], _normal_third_axis(affine)
 
 
 def write_slicer_segmentation(
