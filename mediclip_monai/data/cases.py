@@ -118,8 +118,9 @@ def _search(folder: str, found: list[str], hidden: list[str], searched: set[str]
     """Add the inputs in ``folder`` and, recursively, in its sub-folders to ``found``, in path order.
 
     A folder of DICOM files is one input, a series (its sub-folders are searched too); any other file is
-    one input; a sub-folder with nothing visible in it is one input too, reported when it is read. Hidden
-    entries are left out; hidden image files are added to ``hidden`` so that a user hears of them.
+    one input; a sub-folder with nothing visible in it, or unreadable, is one input too, reported when it
+    is read. Hidden entries are left out; hidden image files are added to ``hidden`` so that a user hears
+    of them.
     """
     if os.path.realpath(folder) in searched:  # a link back up the tree
         return
@@ -133,10 +134,14 @@ def _search(folder: str, found: list[str], hidden: list[str], searched: set[str]
     else:
         found += [os.path.join(folder, f) for f in files]
     for sub in (os.path.join(folder, e) for e in visible if os.path.isdir(os.path.join(folder, e))):
-        if any(not e.startswith(".") for e in os.listdir(sub)):
-            _search(sub, found, hidden, searched)
-        else:
+        try:
+            empty = all(e.startswith(".") for e in os.listdir(sub))
+        except OSError:  # unreadable: a case too, whose reading says why
+            empty = True
+        if empty:
             found.append(sub)
+        else:
+            _search(sub, found, hidden, searched)
 
 
 def find_cases(input_path: str) -> list[Case]:
@@ -165,7 +170,10 @@ def find_cases(input_path: str) -> list[Case]:
         sources = [input_path]
     else:
         sources, hidden = [], []
-        _search(input_path, sources, hidden, set())
+        try:
+            _search(input_path, sources, hidden, set())
+        except OSError as e:
+            raise DataError(f"{e.filename or input_path}: cannot be read ({e.strerror})") from e
         if hidden:
             listed = ", ".join(os.path.relpath(h, input_path) for h in hidden[:3]) + ", ..." * (len(hidden) > 3)
             logger.warning(
