@@ -122,11 +122,7 @@ class MediCLIPApp(MONAILabelApp):
         )
         # inference.json's values unless given here (a request may set them again); AnomalyInferTask reads them
         self.infer_overrides = {key: conf[key] for key in INFER_OPTIONS if key in conf and key != "device"}
-        self.train_defaults = {
-            "epochs": opt.whole_number("epochs", conf.get("epochs", 20), 1, 10000),
-            "k_shot": opt.whole_number("k_shot", conf.get("k_shot", 8), 0, 1000),
-            "seed": opt.whole_number("seed", conf.get("seed", 0), 0, 2**31 - 1),
-        }
+        self.train_defaults = {key: conf[key] for key in ("epochs", "k_shot", "seed") if key in conf}
 
     def _train_json(self, key: str) -> Any:
         """A value of the bundle's train.json, the default of the backbone a training may use."""
@@ -152,7 +148,7 @@ class MediCLIPApp(MONAILabelApp):
                 output_dir=self.output_dir,
                 backbone=self.backbone,
                 device=self.device,
-                **self.train_defaults,
+                defaults=self.train_defaults,
             )
         }
 

@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 NORMAL_INFO_KEY = "normal"
 STATS_NAME = "monailabel_train_stats.json"
 TRAIN_OPTIONS = ("epochs", "k_shot", "seed", "device", "backbone", "promote_if_worse")
+# The whole-number options: default and range (k_shot 0: all normal studies but the held-out ones).
+WHOLE_NUMBER_OPTIONS = {"epochs": (20, 1, 10000), "k_shot": (8, 0, 1000), "seed": (0, 0, 2**31 - 1)}
 MIN_NORMAL_STUDIES = 2  # one shot and one held out for validation
 
 
@@ -178,7 +180,7 @@ class FewShotTrainTask(TrainTask):
         backbone: the backbone of the server's config (``--conf clip_model/clip_pretrained/clip_checkpoint``),
             offered after the live model's.
         device: the default training device ("cpu", "cuda", "cuda:1").
-        epochs, k_shot, seed: defaults of the options.
+        defaults: other defaults of the options (epochs, k_shot, seed; `WHOLE_NUMBER_OPTIONS` otherwise).
     """
 
     def __init__(
@@ -188,9 +190,7 @@ class FewShotTrainTask(TrainTask):
         output_dir: str,
         backbone: Backbone,
         device: str,
-        epochs: int = 20,
-        k_shot: int = 8,
-        seed: int = 0,
+        defaults: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__("MediCLIP few-shot training on the studies marked normal (no pixel labels needed)")
         self.bundle_dir = bundle_dir
@@ -198,7 +198,7 @@ class FewShotTrainTask(TrainTask):
         self.output_dir = output_dir
         self.backbone = backbone
         self.device = device
-        self.defaults = {"epochs": epochs, "k_shot": k_shot, "seed": seed}
+        self.defaults = _whole_numbers(defaults or {})
         self.stats_path = os.path.join(output_dir, STATS_NAME)
 
     # --- options ----------------------------------------------------------------------------------------
@@ -245,9 +245,7 @@ class FewShotTrainTask(TrainTask):
         given = {**self.defaults, "device": self.device, "promote_if_worse": False, **request}
         backbones = self.backbones()
         options = {
-            "epochs": opt.whole_number("epochs", given["epochs"], 1, 10000),
-            "k_shot": opt.whole_number("k_shot", given["k_shot"], 0, 1000),
-            "seed": opt.whole_number("seed", given["seed"], 0, 2**31 - 1),
+            **_whole_numbers(given),
             "device": opt.device("device", given["device"]),
             "backbone": opt.choice("backbone", given.get("backbone", list(backbones)), list(backbones)),
             "promote_if_worse": opt.boolean("promote_if_worse", given["promote_if_worse"]),
@@ -298,7 +296,7 @@ class FewShotTrainTask(TrainTask):
         if not os.path.isfile(trained):
             raise TrainingError(f"no validation round wrote a model ({trained})")
 
-        candidate, live, live_problem = self._scores(workflow, backbone, options["device"])
+        candidate, live, live_problem = self._scores(workflow, options["device"])
         promote, outcome = _decision(candidate, live, live_problem, options["promote_if_worse"], len(held_out))
         record = self.store.keep(
             trained,
@@ -325,7 +323,7 @@ class FewShotTrainTask(TrainTask):
             "candidate_metric": candidate,
             "live_metric": live,
             # what 3D Slicer's accuracy bar shows: the model live now, on this run's held-out studies
-            "best_metric": candidate if promote or live is None else live,
+            "best_metric": candidate if promote else live,
             "promoted": promote,
             "outcome": outcome,
             "history_file": os.path.join(self.store.folder, record["file"]),
@@ -367,47 +365,46 @@ class FewShotTrainTask(TrainTask):
         workflow.finalize()
         return workflow, epoch_stats
 
-    def _scores(self, workflow, backbone: Backbone, device: str) -> tuple[float, float | None, str | None]:
+    def _scores(self, workflow, device: str) -> tuple[float, float | None, str | None]:
         """Validation pixel AUROC of the new model and of the live one (None, and why, when it cannot be scored)
         on the run's held-out studies and their synthetic anomalies."""
         from mediclip_monai.networks import load_mediclip
 
         parsed = workflow.parser.get_parsed_content
-        network = parsed("network_def")
-        score = _validation_scorer(
-            parsed("data"), parsed("validate#preprocessing"), parsed("batch_size"), parsed("amp"), parsed("token_cache")
-        )
-        candidate = score(network, same_backbone=True)
+        network, token_cache = parsed("network_def"), parsed("token_cache")
+        inputs = (parsed("data"), parsed("validate#preprocessing"), parsed("batch_size"), parsed("amp"))
+        candidate = validation_pixel_auroc(network, *inputs, token_cache)
         if not os.path.isfile(self.store.model_path):
             return candidate, None, None
-        live_backbone = self.live_backbone()
-        weights_file = live_backbone.clip_checkpoint if live_backbone else self.backbone.clip_checkpoint
         try:
+            weights_file = (self.live_backbone() or self.backbone).clip_checkpoint
             live = load_mediclip(self.store.model_path, clip_checkpoint=weights_file, device=device)
         except MediclipError as error:
             return candidate, None, str(error)
-        same = live.identity["backbone_fingerprint"] == network.identity["backbone_fingerprint"] and (
-            live.identity["feature_layers"] == network.identity["feature_layers"]
-        )
-        return candidate, score(live, same_backbone=same), None
+        # the frozen backbone's tokens that training kept are the live model's too when it runs the same backbone
+        same = all(live.identity[k] == network.identity[k] for k in ("backbone_fingerprint", "feature_layers"))
+        return candidate, validation_pixel_auroc(live, *inputs, token_cache if same else None), None
 
 
-def _validation_scorer(data, preprocessing, batch_size: int, amp: bool, token_cache):
-    """``score(network, same_backbone)``: pixel AUROC of the network's own (MediCLIP) map on the validation set;
-    the run's cached backbone tokens are reused for a network on the same frozen backbone."""
+def validation_pixel_auroc(network, data, preprocessing, batch_size: int, amp: bool, token_cache=None) -> float:
+    """Pixel AUROC of the network's own (MediCLIP) map on a run's validation set: the held-out normal slices
+    and their synthetic anomalies (``data``: the run's `FewShotData`)."""
     import torch
 
     from mediclip_monai.metrics import pixel_auroc
     from mediclip_monai.model_calibration import branch_maps
 
     masks = torch.stack([item["label"][0] for item in data.validation])
+    maps = branch_maps(network, data.validation, preprocessing, ("mediclip",), batch_size, amp, token_cache)
+    return float(pixel_auroc(masks, maps["mediclip"]))
 
-    def score(network, same_backbone: bool) -> float:
-        cache = token_cache if same_backbone else None
-        maps = branch_maps(network, data.validation, preprocessing, ("mediclip",), batch_size, amp, cache)
-        return float(pixel_auroc(masks, maps["mediclip"]))
 
-    return score
+def _whole_numbers(given: Mapping[str, Any]) -> dict[str, int]:
+    """The whole-number options read from ``given``, with the defaults of `WHOLE_NUMBER_OPTIONS` for the others."""
+    return {
+        key: opt.whole_number(key, given.get(key, default), low, high)
+        for key, (default, low, high) in WHOLE_NUMBER_OPTIONS.items()
+    }
 
 
 def _decision(candidate: float, live: float | None, problem: str | None, forced: bool, held_out: int) -> tuple:
@@ -434,9 +431,10 @@ def _check_weights(backbone: Backbone) -> None:
     try:
         resolve_weights(backbone.clip_model, backbone.clip_pretrained, backbone.clip_checkpoint)
     except MediclipError as error:
+        why = str(error).split(". ")[0]  # its first sentence: the rest is the fix for the bundle's command line
         raise TrainingRefused(
             f"backbone {backbone.label}: its CLIP weights are not on this server and cannot be downloaded from "
-            f"here ({str(error).split('. ')[0]}). Choose the live model's backbone, or restart the server with "
+            f"here ({why}). Choose the live model's backbone, or restart the server with "
             f"--conf clip_checkpoint FILE (made on a machine with internet access by: "
             f"{download_command(backbone.clip_model, backbone.clip_pretrained)})"
         ) from None
