@@ -306,6 +306,10 @@ def test_the_clinicians_loop_through_monai_labels_client(server: Server, trained
     first_map = np.asarray(anomaly_map.dataobj, dtype=np.float32)
     np.testing.assert_array_equal(np.asarray(label.dataobj) > 0, first_map >= params["threshold"])
     assert server.get(params["anomaly_map_url"]).content == Path(anomaly_map.get_filename()).read_bytes()
+    # another branch for one request; the next one gets the model's own again
+    assert params["anomaly_branch"] == "fused"
+    assert server.client("infer", MODEL, "study_3", {"anomaly_branch": "mediclip"})[1]["anomaly_branch"] == "mediclip"
+    assert server.client("infer", MODEL, "study_3", {})[1]["anomaly_branch"] == "fused"
 
     # --- A worse model is kept, not made live: this run is the first run's first epoch (same seed and studies).
     live_bytes = placed.read_bytes()
