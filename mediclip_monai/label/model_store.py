@@ -20,6 +20,7 @@ import shutil
 import time
 from typing import Any
 
+from mediclip_monai.errors import MediclipError
 from mediclip_monai.io.atomic import atomic_write
 from mediclip_monai.io.outputs import file_digest
 from mediclip_monai.networks.checkpoint import read_model_state
@@ -83,7 +84,7 @@ class ModelStore:
             if version:
                 try:
                     identity = dict(read_model_state(self.model_path)["_extra_state"])
-                except Exception as error:  # noqa: BLE001 - an unreadable model has no identity to train again
+                except MediclipError as error:  # unreadable: no backbone to train again
                     logger.warning(f"cannot read the backbone of the live model: {error}")
             self._identity = (version, identity)
         return self._identity[1]
