@@ -9,7 +9,8 @@
 #   options      passed on, e.g. --conf device cuda --conf threshold 0.4 --conf clip_checkpoint FILE
 #
 # Environment: MEDICLIP_LABEL_PYTHON (default <repo>/.venv-label/bin/python, made by
-# scripts/setup_monailabel_env.sh), MEDICLIP_LABEL_HOST (default 127.0.0.1), MEDICLIP_LABEL_PORT (8000).
+# scripts/setup_monailabel_env.sh), MEDICLIP_LABEL_HOST (default 127.0.0.1; any other address needs
+# MONAI Label's authentication, MONAI_LABEL_AUTH_ENABLE=true), MEDICLIP_LABEL_PORT (8000).
 # Installs nothing: when the environment is missing it says which command makes it.
 set -euo pipefail
 
@@ -18,7 +19,7 @@ python="${MEDICLIP_LABEL_PYTHON:-$repo/.venv-label/bin/python}"
 host="${MEDICLIP_LABEL_HOST:-127.0.0.1}"
 port="${MEDICLIP_LABEL_PORT:-8000}"
 
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
     usage
@@ -56,7 +57,9 @@ echo "  bundle:  $bundle (model: $bundle/models/model.pt)"
 echo "  In 3D Slicer: MONAI Label module > 'MONAI Label server' = $url"
 echo "  (API docs: $url/docs; stop with Ctrl-C)"
 
-exec "$python" -m monailabel.main start_server \
+# this checkout's package, whatever the environment has installed
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+exec "$python" -m mediclip_monai.label start_server \
     --app "$repo/mediclip_monai/label" \
     --studies "$studies" \
     --host "$host" \

@@ -82,3 +82,45 @@ def strip(files, attributes) -> None:
             if name in ds:
                 delattr(ds, name)
         ds.save_as(path)
+
+
+def write_tilted_series(folder, degrees=20.0, slices=8, rows=12, columns=10, step=2.5) -> list[Path]:
+    """A CT series with a gantry tilt: image planes tilted by ``degrees`` about the patient's left-right
+    axis, positions stepping along the table (z), so each slice steps ``degrees`` off its normal."""
+    tilt = np.deg2rad(degrees)
+    orientation = (1.0, 0.0, 0.0, 0.0, np.cos(tilt), -np.sin(tilt))
+    positions = [(-4.0, -6.0, -30.0 + step * k) for k in range(slices)]
+    return write_series(folder, positions=positions, orientation=orientation, rows=rows, columns=columns)
+
+
+def pixel_positions(path) -> tuple[np.ndarray, np.ndarray]:
+    """One instance's pixels and their LPS positions, from that instance's own tags alone.
+
+    Returns:
+        ``(points, pixels)``: ``points[r, c]`` is the position of row ``r``, column ``c`` (mm, LPS) from
+        ImagePositionPatient, ImageOrientationPatient and PixelSpacing; ``pixels`` the pixel array.
+    """
+    ds = pydicom.dcmread(path)
+    origin = np.asarray(ds.ImagePositionPatient, dtype=float)
+    orientation = np.asarray(ds.ImageOrientationPatient, dtype=float)
+    between_rows, between_columns = (float(v) for v in ds.PixelSpacing)
+    r, c = np.meshgrid(np.arange(ds.Rows), np.arange(ds.Columns), indexing="ij")
+    points = (
+        origin
+        + c[..., None] * between_columns * orientation[:3]  # along a row: the row direction
+        + r[..., None] * between_rows * orientation[3:]  # down a column: the column direction
+    )
+    return points, ds.pixel_array
+
+
+def voxel_indices(points, lps_affine, shape) -> tuple[np.ndarray, ...]:
+    """The voxels that a voxel-to-LPS affine puts at ``points`` (..., 3), as an index tuple.
+
+    Asserts that each point is a voxel centre (within 1e-3 voxels) inside a grid of ``shape``.
+    """
+    homogeneous = np.concatenate([points, np.ones((*points.shape[:-1], 1))], axis=-1)
+    index = (homogeneous @ np.linalg.inv(lps_affine).T)[..., :3]
+    np.testing.assert_allclose(index, np.round(index), atol=1e-3)  # on a voxel centre, not between voxels
+    index = np.round(index).astype(int)
+    assert (index >= 0).all() and (index < np.asarray(shape)).all()
+    return tuple(np.moveaxis(index, -1, 0))

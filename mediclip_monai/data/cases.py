@@ -5,10 +5,11 @@ outputs are called (``<name>/<name>_anomaly_map.nii.gz``, a row of scores.csv or
 cases.csv). Names are unique within a run and depend only on the run's sources, never on their order:
 
 1. the file name without its image suffix (``data.loading.case_name``: ``t1.nii.gz`` -> ``t1``; a DICOM
-   series folder is named after the folder);
+   series folder is named after the folder), never hidden (``.t1.nii.gz`` -> ``t1``, ``..nii.gz`` ->
+   ``unnamed``);
 2. sources that share that name (case-insensitively, as on macOS and Windows file systems) are prefixed
    with their folders below the folder they have in common (``site1/t1.nii.gz`` -> ``site1_t1``,
-   ``site2/t1.nii.gz`` -> ``site2_t1``);
+   ``site2/t1.nii.gz`` -> ``site2_t1``; leading dots of a folder's name dropped);
 3. sources that still share a name (``scan.nii.gz`` and ``scan.png`` in one folder) get their format as
    a suffix (``scan_nii_gz``, ``scan_png``; a series folder ``_dicom``);
 4. any name still taken gets ``_2``, ``_3``, ... in the order of the sources' paths.
@@ -19,6 +20,7 @@ there by another source is never reused.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -30,6 +32,8 @@ from .datalists import load_datalist
 from .loading import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, PICTURE_SUFFIXES, case_name, is_image_path
 
 __all__ = ["Case", "case_names", "datalist_cases", "find_cases"]
+
+logger = logging.getLogger(__name__)
 
 _IMAGE_SUFFIXES = NIFTI_SUFFIXES + DICOM_SUFFIXES + PICTURE_SUFFIXES + ITK_SUFFIXES
 
@@ -60,7 +64,8 @@ def _with_folders(sources: Sequence[str]) -> dict[str, str]:
     named = {}
     for source, folder in zip(sources, folders):
         parts = Path(os.path.relpath(folder, common)).parts if folder != common else ()
-        named[source] = "_".join([*(p for p in parts if p != "."), case_name(source)])
+        parts = [p.lstrip(".") for p in parts]  # a hidden folder does not make a hidden name
+        named[source] = "_".join([*(p for p in parts if p), case_name(source)])
     return named
 
 
@@ -101,26 +106,54 @@ def case_names(sources: Sequence[str]) -> list[str]:
     return [names[key] for key in keys]
 
 
-def _is_dicom_series_folder(path: str) -> bool:
-    """A folder of DICOM files only (no sub-folders, no NIfTI or pictures): one series, one case."""
-    if not os.path.isdir(path):
-        return False
-    entries = [os.path.join(path, name) for name in os.listdir(path) if not name.startswith(".")]
+def _is_dicom_series(folder: str, files: Sequence[str]) -> bool:
+    """Whether a folder's (visible) files are one DICOM series: DICOM files, no NIfTI or pictures."""
     other_images = NIFTI_SUFFIXES + PICTURE_SUFFIXES + ITK_SUFFIXES
-    if not entries or any(os.path.isdir(e) or e.lower().endswith(other_images) for e in entries):
+    if any(f.lower().endswith(other_images) for f in files):
         return False
-    return any(is_image_path(e) for e in entries)
+    return any(is_image_path(os.path.join(folder, f)) for f in files)
+
+
+def _search(folder: str, found: list[str], hidden: list[str], searched: set[str]) -> None:
+    """Add the inputs in ``folder`` and, recursively, in its sub-folders to ``found``, in path order.
+
+    A folder of DICOM files is one input, a series (its sub-folders are searched too); any other file is
+    one input; a sub-folder with nothing visible in it, or unreadable, is one input too, reported when it
+    is read. Hidden entries are left out; hidden image files are added to ``hidden`` so that a user hears
+    of them.
+    """
+    if os.path.realpath(folder) in searched:  # a link back up the tree
+        return
+    searched.add(os.path.realpath(folder))
+    entries = sorted(os.listdir(folder))
+    hidden += [os.path.join(folder, e) for e in entries if e.startswith(".") and e.lower().endswith(_IMAGE_SUFFIXES)]
+    visible = [e for e in entries if not e.startswith(".")]
+    files = [e for e in visible if not os.path.isdir(os.path.join(folder, e))]
+    if _is_dicom_series(folder, files):
+        found.append(folder)
+    else:
+        found += [os.path.join(folder, f) for f in files]
+    for sub in (os.path.join(folder, e) for e in visible if os.path.isdir(os.path.join(folder, e))):
+        try:
+            empty = all(e.startswith(".") for e in os.listdir(sub))
+        except OSError:  # unreadable: a case too, whose reading says why
+            empty = True
+        if empty:
+            found.append(sub)
+        else:
+            _search(sub, found, hidden, searched)
 
 
 def find_cases(input_path: str) -> list[Case]:
     """Cases of an inference input: a file, a DICOM series folder, a folder of inputs, or a datalist JSON.
 
-    A folder of inputs gives one case per entry, each file or sub-folder tried (a corrupt or non-image
-    file is reported when it is read, not silently skipped); hidden entries are left out. A datalist gives
-    its ``test`` section, or its ``training`` section when it has no test section.
+    A folder is searched recursively: each DICOM series folder is one case, each other file one case
+    (a corrupt or non-image file is reported when it is read, not silently skipped); hidden entries are
+    left out, with a warning naming hidden image files. A datalist gives its ``test`` section, or its
+    ``training`` section when it has no test section. Names follow the module docstring's rule.
 
     Raises:
-        DataError: no input given, the path does not exist, or the folder is empty.
+        DataError: no input given, the path does not exist, or the folder holds nothing to process.
     """
     if not input_path:
         raise DataError("no input given: add --input PATH (a file, a DICOM folder, a folder or a datalist)")
@@ -133,10 +166,20 @@ def find_cases(input_path: str) -> list[Case]:
         except DataError:  # a datalist without a test section: its training images
             items = load_datalist(input_path, "training")
         sources = [item["image"] for item in items]
-    elif os.path.isfile(input_path) or _is_dicom_series_folder(input_path):
+    elif os.path.isfile(input_path):
         sources = [input_path]
     else:
-        sources = [os.path.join(input_path, e) for e in sorted(os.listdir(input_path)) if not e.startswith(".")]
+        sources, hidden = [], []
+        try:
+            _search(input_path, sources, hidden, set())
+        except OSError as e:
+            raise DataError(f"{e.filename or input_path}: cannot be read ({e.strerror})") from e
+        if hidden:
+            listed = ", ".join(os.path.relpath(h, input_path) for h in hidden[:3]) + ", ..." * (len(hidden) > 3)
+            logger.warning(
+                f"{input_path}: {len(hidden)} hidden image file(s) left out ({listed}); "
+                "give a hidden file itself as --input to process it"
+            )
         if not sources:
             raise DataError(f"{input_path}: empty folder, no image, DICOM series or sub-folder to process")
     return [Case(name, source) for name, source in zip(case_names(sources), sources)]

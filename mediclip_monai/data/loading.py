@@ -27,6 +27,7 @@ Intensities are scaled robustly to [0, 1] (`scale_intensity`) before slicing and
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -46,12 +47,14 @@ __all__ = [
     "ITK_SUFFIXES",
     "NIFTI_SUFFIXES",
     "PICTURE_SUFFIXES",
+    "SHEAR_TOLERANCE_VOXELS",
     "axial_axis",
     "case_name",
     "is_image_path",
     "load_training_slices",
     "read_image",
     "scale_intensity",
+    "shear_voxels",
     "slices_to_volume",
     "views_to_volume",
     "volume_to_slices",
@@ -86,7 +89,9 @@ def _load(path: Path, reader) -> MetaTensor:
 def case_name(path: str | os.PathLike) -> str:
     """The name of a case: the file name without its image suffix (``brain_01.nii.gz`` -> ``brain_01``).
 
-    A DICOM series folder is named after the folder.
+    A DICOM series folder is named after the folder. The name is never hidden: leading dots are dropped
+    (``.scan.nii.gz`` -> ``scan``), and a file with no name before its suffix (``.nii.gz``, ``..nii.gz``)
+    is ``unnamed``.
 
     Args:
         path: image file or DICOM series folder.
@@ -94,9 +99,10 @@ def case_name(path: str | os.PathLike) -> str:
     name = Path(path).name
     lower = name.lower()
     for suffix in NIFTI_SUFFIXES + DICOM_SUFFIXES + PICTURE_SUFFIXES + ITK_SUFFIXES:
-        if lower.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
+        if lower.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name.lstrip(".") or "unnamed"
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
@@ -307,9 +313,12 @@ def _read_dicom_series(folder: Path) -> MetaTensor:
         # Restrict PydicomReader to the image files of this series (it globs the whole folder).
         pattern = "|".join(re.escape(os.path.join(str(folder), f.name)) for f in series.files)
         try:
-            return _load(folder, reader=PydicomReader(fname_regex=f"(?:{pattern})$"))
+            img = _load(folder, reader=PydicomReader(fname_regex=f"(?:{pattern})$"))
         except Exception as e:  # noqa: BLE001 - any reader failure gets a second chance with GDCM
             logger.info("%s: PydicomReader could not read the series (%s); trying SimpleITK", folder, _short(e))
+        else:
+            _note_tilt(folder, img)
+            return img
     else:
         logger.info(
             "%s: %s, so PydicomReader (which stacks by InstanceNumber) would misplace slices; "
@@ -326,6 +335,21 @@ def _read_dicom_series(folder: Path) -> MetaTensor:
             "with InstanceNumbers in position order it is read by PydicomReader instead"
         ) from e
     return img
+
+
+def _note_tilt(folder: Path, img: MetaTensor) -> None:
+    """Say so when a series' slices step off their normal (gantry tilt): its grid is kept, sheared."""
+    if shear_voxels(img.affine, img.shape[1:]) <= SHEAR_TOLERANCE_VOXELS:
+        return
+    axes = np.asarray(img.affine, dtype=float)[:3, :3]
+    normal = np.cross(axes[:, 0], axes[:, 1])
+    cosine = abs(normal @ axes[:, 2]) / (np.linalg.norm(normal) * np.linalg.norm(axes[:, 2]))
+    logger.warning(
+        f"{folder}: the slices step {np.degrees(np.arccos(min(cosine, 1.0))):.1f} degrees off their normal "
+        "(gantry tilt); the sheared grid is kept, not resampled: the NIfTI map and mask hold it in their sform "
+        "alone (nibabel reads them, ITK-based readers such as 3D Slicer's NIfTI loader refuse them), the "
+        ".seg.nrrd and the DICOM SEG hold it in full"
+    )
 
 
 def _read_itk(path: Path, squeeze_single_slice: bool, files: Sequence[Path] = ()) -> MetaTensor:
@@ -415,6 +439,29 @@ def _has_range(lo: float, hi: float) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- orientation
+
+# A grid whose nearest unsheared grid misplaces a voxel by more than this many voxels is sheared. Rounded
+# DICOM positions leave a few hundredths of a voxel; a gantry tilt of 2 degrees, half a voxel or more.
+SHEAR_TOLERANCE_VOXELS = 0.05
+
+
+def shear_voxels(affine, shape: Sequence[int]) -> float:
+    """How far the nearest unsheared grid puts a corner voxel of a grid, in voxels (0 for an unsheared grid).
+
+    A grid is sheared when its axes are not perpendicular, as in a gantry-tilted DICOM series, whose slices
+    step off their normal. The nearest unsheared grid keeps the origin and each axis' spacing and takes the
+    rotation closest to the axes' directions: what a NIfTI qform (nibabel) or an ITK image would hold.
+
+    Args:
+        affine: 4x4 voxel-to-world matrix.
+        shape: the grid's spatial shape (2D or 3D).
+    """
+    a = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=float)[:3, :3]
+    spacings = np.linalg.norm(a, axis=0)
+    u, _, vt = np.linalg.svd(a / spacings)
+    nearest = (u @ vt) * spacings
+    corners = np.array(list(itertools.product(*[(0, n - 1) for n in (*shape, 1, 1)[:3]])), dtype=float)
+    return float(np.abs(np.linalg.solve(a, (nearest - a) @ corners.T)).max())
 
 
 def axial_axis(affine) -> int:

@@ -37,6 +37,7 @@ import nibabel as nib
 import numpy as np
 
 from ..data.dicom import DicomSeries, scan_dicom_series, series_affine, series_from_datasets
+from ..data.loading import SHEAR_TOLERANCE_VOXELS, shear_voxels
 from ..errors import DataError
 from .atomic import atomic_write
 
@@ -101,12 +102,32 @@ def _affine_4x4(affine, ndim: int) -> np.ndarray:
 MAP_GZIP_LEVEL = 0
 
 
+def _normal_third_axis(affine: np.ndarray) -> np.ndarray:
+    """A 2D grid's affine with the plane's unit normal as its third column (on the side the column points to).
+
+    A 2D grid has no slice step, so no voxel's position depends on that column and readers fill it at will
+    (MONAI's PydicomReader: the patient's z axis, whatever the plane). The normal keeps an oblique plane's
+    grid unsheared, so a NIfTI qform and ITK hold it exactly.
+    """
+    affine = affine.copy()
+    normal = np.cross(affine[:3, 0], affine[:3, 1])
+    normal /= np.linalg.norm(normal)
+    affine[:3, 2] = -normal if normal @ affine[:3, 2] < 0 else normal
+    return affine
+
+
 def _write_nifti(path, data: np.ndarray, affine: np.ndarray, gzip_level: int = 1) -> Path:
+    if data.ndim == 2:
+        affine = _normal_third_axis(affine)
     image = nib.Nifti1Image(data, affine)
     # Same geometry in sform and qform, both "scanner" (code 1): nibabel prefers the sform, ITK/SimpleITK
     # may take the qform; with both set and equal, every reader places the map on the source image.
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
+    if shear_voxels(affine, data.shape) > SHEAR_TOLERANCE_VOXELS:
+        # A qform cannot shear: the sheared grid (gantry tilt) lives in the sform alone. With a qform, ITK
+        # readers would place the voxels on the nearest unsheared grid; without one they refuse the file.
+        image.set_qform(None, code=0)
     image.set_data_dtype(data.dtype)
     image.header.set_xyzt_units("mm", "sec")
     path = Path(path)
@@ -154,11 +175,7 @@ def _to_3d_grid(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nd
     """A 2D mask and its affine as a one-slice volume; the slice axis is the in-plane normal (1 mm)."""
     if mask.ndim == 3:
         return mask, affine
-    affine = affine.copy()
-    if np.linalg.norm(affine[:3, 2]) < 1e-6:
-        normal = np.cross(affine[:3, 0], affine[:3, 1])
-        affine[:3, 2] = normal / np.linalg.norm(normal)
-    return mask[..., None], affine
+    return mask[..., None], _normal_third_axis(affine)
 
 
 def write_slicer_segmentation(

@@ -5,15 +5,18 @@ from that file with MONAI's ``ConfigParser`` at every request, so a change of th
 Label without a code change: its ``preprocessing`` (reading, intensity scaling), its ``inferer`` with its
 ``network`` (rebuilt from model.pt), and its ``postprocessing`` (threshold, image score, slice of the
 maximum) without the writers of a batch run (``SaveCaseOutputsd``): here MONAI Label's writer sends the
-mask. The recipe's keys are overridden with the app's model.pt, CLIP weights and device and, from the app
-config or the request, ``threshold`` and ``batch_size``; ``threshold`` null means the threshold
-calibrated into model.pt, as in inference.json.
+mask. The recipe's keys are overridden with the app's model.pt, CLIP weights and the request's options,
+each read into its type first (`infer_options`; nothing a client sends reaches the recipe as text).
 
-The label MONAI Label returns (and 3D Slicer shows as the segment "anomaly") is that mask: uint8 NIfTI,
-value 1 = anomalous, with the study's shape and affine. The continuous map (float32 in [0, 1], same grid)
-is written to a file beside it and its path is put in the result JSON, with the image score, the
-threshold, the decision and, for volumes, the slice holding the maximum. The network is reloaded
-whenever model.pt changes, so a newly trained or uploaded model is live for the next request.
+One request, one model: model.pt is loaded (or taken from the cache, reloaded whenever the file changes)
+once, when the request starts, and that network gives the map, the thresholds, the mask and the decision,
+even if training replaces model.pt meanwhile.
+
+The label MONAI Label returns is that mask: uint8 NIfTI, value 1 = anomalous, with the study's shape and
+affine. Its label name, which 3D Slicer gives the segment, carries the decision, the image score and the
+thresholds. The continuous map (float32 in [0, 1], same grid) is written to a file beside it and its path
+is put in the result JSON, with the image score, the thresholds, the decision, the branch and, for
+volumes, the slice holding the score.
 
 Why not monailabel's ``BundleInferTask``: it wants model.pt in ``<bundle>/models`` when the server starts
 (without it the model is not listed, where this app lists it and answers "train first"), builds
@@ -24,9 +27,12 @@ be left of it is the ConfigParser calls below.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -40,12 +46,15 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from mediclip_monai.errors import ConfigValueError, DataError, MediclipError, reason_of
 from mediclip_monai.io.outputs import SaveCaseOutputsd
 from mediclip_monai.io.writers import write_anomaly_map, write_anomaly_mask
+from mediclip_monai.label import options as opt
+from mediclip_monai.label.model_store import file_version
 
 logger = logging.getLogger(__name__)
 
 LABEL_NAMES = {"anomaly": 1}
-# inference.json keys that the app config (--conf) and each request may set.
-REQUEST_KEYS = ("threshold", "batch_size")
+# The options of an infer request (and of the app's --conf); threshold and batch_size are inference.json's.
+INFER_OPTIONS = ("threshold", "batch_size", "anomaly_branch", "device")
+RECIPE_KEYS = ("threshold", "batch_size")
 # Postprocessing transforms that write a batch run's output folder; MONAI Label writes its own result.
 BATCH_WRITERS = (SaveCaseOutputsd,)
 
@@ -58,21 +67,36 @@ class ModelNotTrainedError(FileNotFoundError):
     """There is no model.pt yet: train first (few-shot, on studies marked normal)."""
 
 
-def request_value(key: str, value: Any) -> Any:
-    """An app-config or request value of a `REQUEST_KEYS` key, as inference.json takes it.
+def infer_options(request: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of an infer request (or of ``--conf``), typed and checked; ``defaults`` fill the others.
 
-    MONAI Label sends strings: ``"0.4"`` -> 0.4; ``"null"``, ``"none"`` or empty -> None (``threshold``:
-    the calibrated one).
+    ``threshold``: anomaly probability of the segment, null: the model's calibrated one; ``batch_size``: slices
+    per forward pass; ``anomaly_branch``: ``default`` (the model's) or a branch name; ``device``.
 
     Raises:
-        ConfigValueError: not a number.
+        OptionError: an unknown key, or a value of another type or out of range (HTTP 422).
     """
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none")):
-        return None
-    try:
-        return int(value) if key == "batch_size" else float(value)
-    except (TypeError, ValueError):
-        raise ConfigValueError(f"{key}: {value!r} is not a number") from None
+    opt.check_keys(request, INFER_OPTIONS, opt.MONAI_LABEL_INFER_KEYS)
+    if "logging" in request:  # MONAI Label sets its log level from it
+        opt.choice("logging", str(request["logging"]).upper(), opt.LOG_LEVELS)
+    given = {**defaults, **{key: request[key] for key in INFER_OPTIONS if key in request}}
+    return {
+        "threshold": opt.number(
+            "threshold", given["threshold"], 0, 1, "the anomaly probability of the segment", allow_null=True
+        ),
+        "batch_size": opt.whole_number("batch_size", given["batch_size"], 1, 4096),
+        "anomaly_branch": opt.choice("anomaly_branch", given["anomaly_branch"], opt.BRANCH_CHOICES),
+        "device": opt.device("device", given["device"]),
+    }
+
+
+def segment_name(result: Mapping[str, Any]) -> str:
+    """The name 3D Slicer gives the anomaly segment: decision, image score against its threshold, mask threshold."""
+    relation = ">=" if result["score"] >= result["image_threshold"] else "<"
+    return (
+        f"anomaly: {result['decision']} (score {result['score']:.3f} {relation} {result['image_threshold']:.3f}; "
+        f"map >= {result['threshold']:.3f})"
+    )
 
 
 def parsed(parser: ConfigParser, key: str) -> Any:
@@ -98,17 +122,17 @@ class AnomalyInferTask(BasicInferTask):
     Args:
         bundle_dir: the MONAI bundle (``configs/inference.json`` inside).
         model_path: the live ``<ckpt_dir>/model.pt`` (written by training, reloaded when it changes).
-        device: default device of inference ("cpu", "cuda", "cuda:1"); a request's ``device`` wins.
+        device: default device ("cpu", "cuda", "cuda:1").
         clip_checkpoint: local CLIP weights, when the backbone recorded in model.pt cannot be downloaded.
-        overrides: values of `REQUEST_KEYS` instead of inference.json's (a request may override them again),
-            as `request_value` reads them.
+        overrides: `INFER_OPTIONS` values of the app's ``--conf`` instead of inference.json's (read by
+            `infer_options`); a request may set them again.
     """
 
     def __init__(
         self,
         bundle_dir: str,
         model_path: str,
-        device: str | None = None,
+        device: str = "cpu",
         clip_checkpoint: str | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
@@ -116,11 +140,17 @@ class AnomalyInferTask(BasicInferTask):
         self.config_file = os.path.join(bundle_dir, "configs", "inference.json")
         self.clip_checkpoint = clip_checkpoint or None
         recipe = ConfigParser.load_config_file(self.config_file)
-        self._overrides = {key: request_value(key, value) for key, value in (overrides or {}).items()}
-        # Shown in Slicer's options with the recipe's values of now; `recipe` reads the file again per request.
-        config: dict[str, Any] = {key: self._overrides.get(key, recipe.get(key)) for key in REQUEST_KEYS}
-        if device:
-            config["device"] = [device]
+        # The defaults of a request: the recipe's values of now for its keys (`recipe` reads the file again
+        # per request, so an equal value in a request stands for the file's value then) unless --conf set them.
+        defaults = {
+            **{key: recipe.get(key) for key in RECIPE_KEYS},
+            "anomaly_branch": opt.DEFAULT_BRANCH,
+            "device": device,
+        }
+        overrides = dict(overrides or {})
+        self._overrides = {k: v for k, v in infer_options(overrides, defaults).items() if k in overrides}
+        self._defaults = {**defaults, **self._overrides}
+        self._current = threading.local()  # the network of the request this thread answers
         super().__init__(
             path=model_path,
             network=None,
@@ -128,29 +158,75 @@ class AnomalyInferTask(BasicInferTask):
             labels=dict(LABEL_NAMES),
             dimension=3,
             description="MediCLIP few-shot anomaly segment (threshold of the anomaly map) and image score",
-            config=config,
+            config=self._options_shown(),
         )
+
+    def _options_shown(self) -> dict[str, Any]:
+        """The options as MONAI Label's clients show them (3D Slicer: Options > Infer): lists are choices,
+        the default first."""
+        d = self._defaults
+        return {
+            **{key: d[key] for key in RECIPE_KEYS},
+            "anomaly_branch": [d["anomaly_branch"], *(b for b in opt.BRANCH_CHOICES if b != d["anomaly_branch"])],
+            "device": [d["device"], *(x for x in opt.devices() if x != d["device"])],
+        }
 
     def is_valid(self) -> bool:
         # Listed before the first training too, so the Slicer module shows the model and its segment;
         # a request then gets a clear "train first" error (see ModelNotTrainedError).
         return True
 
-    def recipe(self, data: Mapping[str, Any], network: torch.nn.Module | None = None) -> ConfigParser:
-        """inference.json with this app's and this request's values; ``network``: the loaded ``network_def``."""
+    def __call__(self, request, callbacks=None):
+        options = infer_options(request, self._defaults)
+        request = {**request, **options}
+        if "logging" in request:
+            request["logging"] = str(request["logging"]).upper()
+        self._current.network, self._current.modified = self._model(options["device"], options["anomaly_branch"])
+        try:
+            label, result = super().__call__(request, callbacks)
+        finally:
+            self._current.network = None
+        result["label_names"] = {segment_name(result): LABEL_NAMES["anomaly"]}
+        return label, result
+
+    def _model(self, device: str, branch: str) -> tuple[torch.nn.Module, float]:
+        """The live model on ``device`` (cached until model.pt changes) giving ``branch``, and its file's time."""
+        path = self.get_path(validate=False)
+        version = file_version(path)  # taken before reading: a file replaced meanwhile is read again next time
+        if version is None:
+            raise ModelNotTrainedError(
+                f"no trained model at {path}: mark a few studies normal and run training first "
+                "(MONAI Label 'Train', or POST /train/<model>)"
+            )
+        cached = self._networks.get(device)
+        if not cached or cached[1] != version:
+            if cached:
+                logger.info(f"{path} changed: reloading the model")
+            self._networks[device] = (parsed(self.recipe({"device": device}), "network"), version)
+        network = self._networks[device][0]
+        if branch != opt.DEFAULT_BRANCH:
+            network = copy.copy(network)  # shares every weight with the cached network; only the branch differs
+            network.anomaly_branch = branch
+            network.require_branch(branch)
+        return network, version[0] / 1e9
+
+    def _get_network(self, device, data):
+        return self._current.network
+
+    def recipe(self, options: Mapping[str, Any], network: torch.nn.Module | None = None) -> ConfigParser:
+        """inference.json with this app's values and the request's typed ``options``; ``network``: the
+        request's network (``network_def``)."""
         parser = ConfigParser()
         parser.read_config(self.config_file)
         parser["bundle_root"] = self.bundle_dir
         parser["ckpt_path"] = self.get_path(validate=False)
         parser["clip_checkpoint"] = self.clip_checkpoint
-        parser["device"] = str(data.get("device") or "cpu")
+        parser["device"] = options["device"]
         parser["run_identity"] = {}  # only the batch writers record it (and hashing model.pt takes a while)
-        for key in REQUEST_KEYS:
-            # MONAI Label fills every request with the task's startup config: a value equal to it stands for
-            # the file's value of now, unless the app's override set it.
-            value = request_value(key, data[key]) if key in data else None
-            if key in data and (key in self._overrides or value != self._config.get(key)):
-                parser[key] = value
+        for key in RECIPE_KEYS:
+            # a request's value equal to the default stands for the file's value of now, unless --conf set it
+            if key in options and (key in self._overrides or options[key] != self._defaults[key]):
+                parser[key] = options[key]
         if network is not None:
             parser["network_def"] = network
         return parser
@@ -168,27 +244,9 @@ class AnomalyInferTask(BasicInferTask):
         return parsed(self.recipe(data), "inferer")
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
-        network = self._get_network(data["device"], data)  # the decision threshold may come from model.pt
-        post = parsed(self.recipe(data, network), "postprocessing")
+        # the decision threshold may come from model.pt: the request's own network
+        post = parsed(self.recipe(data, self._current.network), "postprocessing")
         return [t for t in post.transforms if not isinstance(t, BATCH_WRITERS)]
-
-    def _get_network(self, device, data):
-        path = self.get_path(validate=False)
-        if not path or not os.path.isfile(path):
-            raise ModelNotTrainedError(
-                f"no trained model at {path}: mark a few studies normal and run training first "
-                "(MONAI Label 'Train', or POST /train/<model>)"
-            )
-        stat = os.stat(path)
-        version = (stat.st_mtime_ns, stat.st_ino, stat.st_size)
-        cached = self._networks.get(device)
-        if cached and cached[1] == version:
-            return cached[0]
-        if cached:
-            logger.info(f"{path} changed: reloading the model")
-        network = parsed(self.recipe({**data, "device": device}), "network")
-        self._networks[device] = (network, version)
-        return network
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[str, dict]:
         """Mask and map as NIfTI temporary files; MONAI Label sends the mask and deletes it, the app
@@ -200,6 +258,8 @@ class AnomalyInferTask(BasicInferTask):
         write_anomaly_mask(mask_path, mask, affine)
         write_anomaly_map(map_path, np.asarray(data[self.output_label_key][0].cpu(), dtype=np.float32), affine)
         result = {key: data[key] for key in ("score", "max_slice", "threshold", "image_threshold", "decision")}
+        result["anomaly_branch"] = self._current.network.anomaly_branch
+        result["model_modified"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._current.modified))
         result["anomaly_map"] = map_path
         result["anomalous_voxels"] = int(mask.sum())
         return mask_path, result

@@ -1,14 +1,25 @@
 """DICOM inputs a user brings, run through inference.json as a user runs it: an anonymised export gets its
-DICOM SEG; a series with a missing slice is refused with the reason while the other case is written."""
+DICOM SEG; a series with a missing slice is refused with the reason while the other case is written; a
+gantry-tilted series gets outputs whose voxels lie where the series' own position tags put its pixels."""
 
+import json
 import os
 
 import highdicom as hd
 import nibabel as nib
+import numpy as np
 import pydicom
 import pytest
+import slicerio
 
-from tests.dicom_series import PATIENT_AND_STUDY, strip, write_series
+from tests.dicom_series import (
+    PATIENT_AND_STUDY,
+    pixel_positions,
+    strip,
+    voxel_indices,
+    write_series,
+    write_tilted_series,
+)
 
 from .conftest import INFERENCE, TRAIN, cli, run_workflow, small_training
 
@@ -52,3 +63,55 @@ def test_anonymised_series_gets_its_seg_and_a_gapped_series_is_refused(trained, 
         "anonymised_anomaly_seg.dcm",
         "anonymised_case.json",  # the case's manifest, written last (io.outputs)
     ]
+
+
+@pytest.mark.slow
+def test_a_gantry_tilted_series_gets_every_output_on_its_instances_positions(trained, tmp_path):
+    files = write_tilted_series(tmp_path / "tilted", degrees=20.0, slices=8, rows=24, columns=20)
+
+    result = cli(
+        ["-m", "monai.bundle", "run", "--config_file", INFERENCE, "--input", str(tmp_path / "tilted"),
+         "--output_dir", str(tmp_path / "out"), "--ckpt_dir", trained, "--device", "cpu", "--threshold", "0.0"],
+        timeout=300,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "the slices step 20.0 degrees off their normal (gantry tilt)" in result.stdout + result.stderr
+    case = tmp_path / "out" / "tilted"
+    anomaly_map = nib.load(case / "tilted_anomaly_map.nii.gz")
+    mask = nib.load(case / "tilted_anomaly_mask.nii.gz")
+    segmentation = slicerio.read_segmentation(str(case / "tilted_anomaly.seg.nrrd"))
+    assert int(anomaly_map.get_qform(coded=True)[1]) == int(mask.get_qform(coded=True)[1]) == 0  # sform alone
+    grids = {
+        "map": (np.diag([-1.0, -1.0, 1.0, 1.0]) @ anomaly_map.get_sform(), anomaly_map.shape),
+        "mask": (np.diag([-1.0, -1.0, 1.0, 1.0]) @ mask.get_sform(), mask.shape),
+        "seg.nrrd": (segmentation["ijkToLPS"], segmentation["voxels"].shape),
+    }
+    mask_values = np.asarray(mask.dataobj)
+    threshold = json.loads((case / "tilted_case.json").read_text())["threshold"]
+    for name, (lps_affine, shape) in grids.items():
+        covered = np.zeros(shape, dtype=int)
+        for path in files:  # each instance, from the first slice to the last
+            points, _ = pixel_positions(path)
+            index = voxel_indices(points, lps_affine, shape)  # a voxel centre at every pixel's tag position
+            covered[index] += 1
+            if name == "map":
+                np.testing.assert_array_equal(mask_values[index], np.asarray(anomaly_map.dataobj)[index] >= threshold)
+            if name == "seg.nrrd":
+                np.testing.assert_array_equal(segmentation["voxels"][index], mask_values[index])
+        assert (covered == 1).all(), name  # the instances' pixels and the grid's voxels: one to one
+
+    seg = pydicom.dcmread(case / "tilted_anomaly_seg.dcm")
+    sources = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, files)}
+    frames = seg.pixel_array.reshape(-1, 24, 20)
+    framed = []
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        np.testing.assert_allclose(
+            [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient],
+            [float(v) for v in sources[uid].ImagePositionPatient],
+            atol=1e-4,
+        )
+        np.testing.assert_array_equal(frame, 1)  # threshold 0: every pixel of every frame
+        framed.append(uid)
+    assert sorted(framed) == sorted(sources)  # a frame on every instance, the last slice's included

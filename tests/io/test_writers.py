@@ -10,12 +10,14 @@ import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 
+from mediclip_monai.data.loading import read_image
 from mediclip_monai.io import (
     write_anomaly_map,
     write_anomaly_mask,
     write_scores_csv,
     write_slicer_segmentation,
 )
+from tests.dicom_series import pixel_positions, voxel_indices, write_series
 
 
 def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
@@ -204,3 +206,21 @@ def test_scores_csv(tmp_path):
         ("0.31", "0.4", "0"),
         ("", "", ""),
     ]
+
+
+def test_an_oblique_single_dicom_image_gets_a_2d_map_that_every_transform_puts_on_its_pixels(tmp_path):
+    # MONAI's PydicomReader gives a 2D image the patient's z axis as third column, not the plane's normal
+    row = np.array([0.9, 0.3, 0.1]) / np.linalg.norm([0.9, 0.3, 0.1])
+    column = np.cross([0.0, -0.2, 1.0], row)
+    column /= np.linalg.norm(column)
+    (file,) = write_series(tmp_path / "one", positions=[(1.0, 2.0, 3.0)], orientation=(*row, *column))
+    image = read_image(file)
+    write_anomaly_map(tmp_path / "map.nii.gz", np.asarray(image[0]) / 1000, np.asarray(image.affine))
+
+    written = nib.load(tmp_path / "map.nii.gz")
+    data = np.asarray(written.dataobj)
+    points, pixels = pixel_positions(file)
+    for affine, code in (written.get_sform(coded=True), written.get_qform(coded=True)):
+        assert int(code) == 1  # both, equal: whichever a reader takes
+        index = voxel_indices(points, np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine, (*data.shape, 1))
+        np.testing.assert_allclose(data[index[:2]], pixels / 1000, atol=1e-6)

@@ -1,31 +1,26 @@
-"""The MONAI Label infer task runs inference.json's recipe: the same maps and masks as a batch run, and an
-edit of the recipe (or the app's override of it) reaches it without a code change.
+"""The MONAI Label infer task runs inference.json's recipe: the same maps and masks as a batch run, an edit
+of the recipe (or the app's override of it) reaches it without a code change, and one request is answered
+by one model from start to end, even when training replaces model.pt in the middle of it.
 
-The task runs in the MONAI Label environment (``$MEDICLIP_LABEL_PYTHON``, as in test_monailabel_server.py);
-skipped only when that does not exist.
+The task runs in the MONAI Label environment (see conftest.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from ..bundle.conftest import REPO
 from ..bundle.test_inference import brain_like_volume, infer, oblique_affine
+from .conftest import needs_label_env, run_in_label_env
 
-LABEL_PYTHON = Path(os.environ.get("MEDICLIP_LABEL_PYTHON", Path(REPO) / ".venv-label" / "bin" / "python"))
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not LABEL_PYTHON.exists(), reason=f"MONAI Label environment not found at {LABEL_PYTHON}"),
-]
+pytestmark = [pytest.mark.slow, needs_label_env]
 
 # One process for every run (importing MONAI Label takes seconds): a JSON list of task runs in, results out.
 RUN_TASKS = """
@@ -47,7 +42,7 @@ for run in json.loads(sys.argv[1]):
         label, result = task({"image": run["study"]})
         result.pop("latencies", None)
         results.append({"label": label, **result})
-print("RESULTS " + json.dumps(results))
+print("RESULT " + json.dumps(results))
 """
 
 
@@ -58,12 +53,7 @@ def run_tasks(*runs) -> list[dict]:
         {"bundle": str(b), "model": str(m), "study": str(s), "overrides": o, **(then[0] if then else {})}
         for b, m, s, o, *then in runs
     ]
-    env = {**os.environ, "PYTHONPATH": REPO}
-    args = [str(LABEL_PYTHON), "-c", RUN_TASKS, json.dumps(runs)]
-    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (line,) = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
-    return json.loads(line[len("RESULTS ") :])
+    return run_in_label_env(RUN_TASKS, json.dumps(runs))
 
 
 def voxels(path) -> np.ndarray:
@@ -128,3 +118,51 @@ def test_an_edit_of_inference_json_reaches_a_running_task_at_its_next_request(tr
     first, second = run_tasks((bundle, Path(trained) / "model.pt", study, {}, {"then_threshold": 0.3}))
     assert first["threshold"] != 0.3 and second["threshold"] == 0.3
     np.testing.assert_array_equal(voxels(second["label"]) > 0, voxels(second["anomaly_map"]) >= 0.3)
+
+
+# Training publishes another model.pt (os.replace, as it does) right after the map was computed and before the
+# thresholds, mask and decision are: the two points where a request used to load the model.
+SWAP_MID_REQUEST = """
+import json, os, shutil, sys
+from monailabel.tasks.infer.basic_infer import CallBackTypes
+from mediclip_monai.label.infer_task import AnomalyInferTask
+bundle, model, other, study = sys.argv[1:5]
+task = AnomalyInferTask(bundle_dir=bundle, model_path=model, device="cpu")
+
+def publish_other_model(data):
+    shutil.copyfile(other, model + ".new")
+    os.replace(model + ".new", model)
+    return data
+
+results = []
+for callbacks in ({CallBackTypes.INFERER: publish_other_model}, {}):
+    label, result = task({"image": study}, callbacks)
+    results.append({"label": label, **{k: v for k, v in result.items() if k != "latencies"}})
+print("RESULT " + json.dumps(results))
+"""
+
+
+def test_one_request_uses_one_model_when_training_replaces_it_in_the_middle(trained, study, tmp_path):
+    first = tmp_path / "model.pt"
+    shutil.copyfile(Path(trained) / "model.pt", first)
+    # the other model: the same weights with other calibrated thresholds, so what a request used is visible
+    state = torch.load(first, map_location="cpu", weights_only=True)
+    calibration = state["_extra_state"]["calibration"]
+    branch = calibration["default_branch"]
+    first_threshold = calibration["pixel_threshold"][branch]
+    for name in calibration["pixel_threshold"]:
+        calibration["pixel_threshold"][name] = 0.999
+        calibration["image_threshold"][name] = 0.001
+    other = tmp_path / "other_model.pt"
+    torch.save(state, other)
+
+    during, after = run_in_label_env(SWAP_MID_REQUEST, Path(REPO) / "bundle", first, other, study)
+
+    # the request that was running when model.pt changed: the first model's thresholds, mask and decision
+    assert during["threshold"] == pytest.approx(first_threshold) and first_threshold < 0.99
+    np.testing.assert_array_equal(voxels(during["label"]) > 0, voxels(during["anomaly_map"]) >= first_threshold)
+    assert during["decision"] == ("abnormal" if during["score"] >= during["image_threshold"] else "normal")
+    assert during["image_threshold"] != 0.001
+    # the next request: the new model, whole
+    assert after["threshold"] == 0.999 and after["image_threshold"] == 0.001 and after["decision"] == "abnormal"
+    np.testing.assert_array_equal(voxels(after["label"]) > 0, voxels(after["anomaly_map"]) >= 0.999)

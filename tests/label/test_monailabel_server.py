@@ -1,25 +1,34 @@
 """End to end: the real MONAI Label server (monailabel 0.8.5) serving the MediCLIP app on loopback.
 
-What a 3D Slicer user relies on: /info/ lists the model and its segment; a study's inference returns
-a label on the study's own grid (shape and affine) with the score and the saved anomaly map; marking
-studies normal and training makes new weights live for the next inference; a wrong or unreadable
-study gets a clear HTTP error and the server keeps serving.
+Started as the README says (scripts/run_monailabel.sh, without network: the train.json backbone, ViT-L-14
+with OpenAI weights, cannot be fetched), it is driven with MONAI Label's own client (the calls 3D Slicer's
+MONAI Label module makes: info, infer, save_label, train_start/status, download_label), and probed with
+requests that carry code. What a clinician relies on:
 
-The server runs in its own environment (scripts/setup_monailabel_env.sh): the interpreter is
-``$MEDICLIP_LABEL_PYTHON`` (default ``<repo>/.venv-label/bin/python``); the test is skipped only when
-it does not exist. It is started through scripts/run_monailabel.sh in its own process group, which the
-fixture kills at the end, so no server or training process outlives the test.
+- nothing a client sends is code: ``$`` expressions, ``@`` references and ``%`` macros in every field of an
+  infer or train request are refused with HTTP 4xx naming the field, nothing runs, the server keeps serving;
+  a study whose file name is an expression trains like any other;
+- a train request is checked when it arrives (a bad option: 422; too few normal studies, a backbone whose
+  weights are not here, a training already running: 409, with the reason Slicer shows);
+- training uses the live model's backbone (offline), writes the train stats Slicer reads after every epoch,
+  and makes its model live only when it is not worse than the live one on the same held-out studies (or
+  when asked); every model is kept in the history; a failed training says why in the model's description;
+- an answer's segment name carries the decision, the score and the thresholds; the map is a label tag.
+
+The server runs in its own process group, which the fixture kills at the end, so no server or training
+process outlives the test.
 """
 
 from __future__ import annotations
 
-import email.parser
+import hashlib
 import json
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 
 import nibabel as nib
@@ -27,21 +36,17 @@ import numpy as np
 import pytest
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
-LABEL_PYTHON = Path(os.environ.get("MEDICLIP_LABEL_PYTHON", REPO / ".venv-label" / "bin" / "python"))
+from ..bundle.conftest import REPO, free_port
+from .conftest import LABEL_PYTHON, label_env, needs_label_env, run_in_label_env
+
+pytestmark = [pytest.mark.slow, needs_label_env]
+
 MODEL = "mediclip_anomaly"
 SERVER_START_S = 120
-TRAIN_S = 240
+TRAIN_S = 300
 REQUEST_S = 120
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not LABEL_PYTHON.exists(),
-        reason=f"MONAI Label environment not found at {LABEL_PYTHON}; make it with scripts/setup_monailabel_env.sh "
-        "(or set MEDICLIP_LABEL_PYTHON)",
-    ),
-]
+# A study whose file name is code: its path goes into the training datalist like any other.
+EXPRESSION_STUDY = "$__import__('os').system('touch PWNED')"
 
 # An oblique, anisotropic grid with an offset: a label on any other grid would not match it.
 STUDY_AFFINE = np.array(
@@ -64,19 +69,61 @@ def _write_study(path: Path, seed: int) -> None:
     nib.save(nib.Nifti1Image(image.astype(np.float32), STUDY_AFFINE), str(path))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _label_file(path: Path, lesion: bool) -> Path:
+    label = np.zeros(STUDY_SHAPE, np.uint8)
+    if lesion:
+        label[20:26, 18:24, 2] = 1
+    nib.save(nib.Nifti1Image(label, STUDY_AFFINE), str(path))
+    return path
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+class ClientError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        status, _, response = message.partition("; Response: ")
+        self.status = int(status.removeprefix("Status: "))
+        self.detail = json.loads(response).get("detail", "") if response.startswith("{") else response
+
+
+# One call of MONAI Label's own client (in the MONAI Label environment): method and JSON arguments in, result out.
+CLIENT_CALL = """
+import json, sys
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
+url, tmpdir, method, args = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+try:
+    print("RESULT " + json.dumps({"result": getattr(MONAILabelClient(url, tmpdir=tmpdir), method)(*args)}))
+except MONAILabelClientException as error:
+    print("RESULT " + json.dumps({"error": error.msg}))
+"""
 
 
 class Server:
-    def __init__(self, url: str, process: subprocess.Popen, log: Path, studies: Path, models: Path) -> None:
-        self.url, self.process, self.log, self.studies, self.models = url, process, log, studies, models
+    def __init__(self, url: str, process: subprocess.Popen, work: Path) -> None:
+        self.url, self.process, self.work = url, process, work
+        self.studies, self.models, self.log = work / "studies", work / "models", work / "server.log"
+        self.downloads = work / "client"
+        self.downloads.mkdir()
 
     def log_tail(self, n: int = 60) -> str:
         lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
         return "\n".join(lines[-n:])
+
+    def client(self, method: str, *args):
+        """``MONAILabelClient(url).<method>(*args)``; raises `ClientError` (HTTP status and detail) on an error."""
+        answer = run_in_label_env(CLIENT_CALL, self.url, self.downloads, method, json.dumps(args), timeout=REQUEST_S)
+        if "error" in answer:
+            raise ClientError(answer["error"])
+        return answer["result"]
+
+    def refused(self, method: str, *args) -> ClientError:
+        with pytest.raises(ClientError) as refusal:
+            self.client(method, *args)
+        return refusal.value
 
     def get(self, path: str, **kwargs):
         return requests.get(self.url + path, timeout=REQUEST_S, **kwargs)
@@ -87,6 +134,35 @@ class Server:
     def put(self, path: str, **kwargs):
         return requests.put(self.url + path, timeout=REQUEST_S, **kwargs)
 
+    def mark(self, study: str, normal: bool) -> None:
+        """Mark a study normal or not the API way (image info)."""
+        info = {"info": json.dumps({"normal": normal})}
+        assert self.put("/datastore/image/info", params={"image": study}, data=info).status_code == 200
+
+    def train_stats(self) -> dict:
+        return self.get("/info/").json()["train_stats"][MODEL]
+
+    def description(self) -> str:
+        return self.get("/info/").json()["models"][MODEL]["description"]
+
+    def train(self, **options) -> tuple[dict, list[dict]]:
+        """Train with MONAI Label's client and wait for the end (see `wait`)."""
+        return self.wait(self.client("train_start", MODEL, options)["id"])
+
+    def wait(self, task_id: str) -> tuple[dict, list[dict]]:
+        """Wait for a training to end; the finished task and the train stats seen on /info/ meanwhile (as
+        Slicer polls them)."""
+        seen = []
+        deadline = time.monotonic() + TRAIN_S
+        while time.monotonic() < deadline:
+            task = next(t for t in self.get("/train/", params={"all": True}).json() if t["id"] == task_id)
+            if task["status"] not in ("SUBMITTED", "RUNNING"):
+                return task, seen
+            seen.append(self.train_stats())
+            time.sleep(0.5)
+        requests.delete(self.url + "/train/", timeout=REQUEST_S)
+        pytest.fail(f"training did not finish in {TRAIN_S} s:\n{self.log_tail()}")
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -95,39 +171,25 @@ def server(tmp_path_factory):
     studies.mkdir()
     for i in range(4):
         _write_study(studies / f"study_{i}.nii.gz", seed=i)
+    _write_study(studies / f"{EXPRESSION_STUDY}.nii.gz", seed=7)
     (studies / "corrupt.nii.gz").write_bytes(b"this is not a NIfTI file")
 
-    port = _free_port()
-    env = {
-        **os.environ,
-        "MEDICLIP_LABEL_PYTHON": str(LABEL_PYTHON),
-        "MEDICLIP_LABEL_HOST": "127.0.0.1",
-        "MEDICLIP_LABEL_PORT": str(port),
-        "MONAI_LABEL_SESSION_PATH": str(work / "sessions"),
-        "PYTHONPATH": str(REPO),  # the checkout under test, whatever the venv has installed
-        "PYTHONUNBUFFERED": "1",
-    }
-    conf = {
-        "ckpt_dir": work / "models",
-        "output_dir": work / "runs",
-        "clip_model": "mediclip-tiny",
-        "clip_pretrained": "none",
-        "device": "cpu",
-    }  # threshold: the default, the model's calibrated one
-    command = ["bash", str(REPO / "scripts" / "run_monailabel.sh"), str(studies), str(REPO / "bundle")]
-    for key, value in conf.items():
+    port = free_port()
+    env = label_env(
+        MEDICLIP_LABEL_PYTHON=str(LABEL_PYTHON),
+        MEDICLIP_LABEL_PORT=str(port),
+        MONAI_LABEL_SESSION_PATH=str(work / "sessions"),
+        HF_HUB_OFFLINE="1",  # no network here: say so at once instead of probing the hub
+    )
+    # The README's command: the backbone a training may use besides the live model's is train.json's.
+    command = ["bash", str(Path(REPO) / "scripts" / "run_monailabel.sh"), str(studies), str(Path(REPO) / "bundle")]
+    for key, value in {"ckpt_dir": work / "models", "output_dir": work / "runs", "device": "cpu"}.items():
         command += ["--conf", key, str(value)]
-    log = work / "server.log"
-    with open(log, "w") as log_file:
+    with open(work / "server.log", "w") as log_file:
         process = subprocess.Popen(
-            command,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=work,
-            start_new_session=True,
+            command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=work, start_new_session=True
         )
-    srv = Server(f"http://127.0.0.1:{port}", process, log, studies, models=work / "models")
+    srv = Server(f"http://127.0.0.1:{port}", process, work)
     try:
         deadline = time.monotonic() + SERVER_START_S
         while True:
@@ -157,126 +219,177 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=wait_s)
         except subprocess.TimeoutExpired:
             continue
-        # the leader is gone; make sure nothing else of the group is left
-        try:
+        try:  # the leader is gone; make sure nothing else of the group is left
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         return
 
 
-def _multipart(response) -> dict[str, bytes]:
-    """Parts of MONAI Label's multipart infer answer (``output=all``): name -> bytes."""
-    header = f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode()
-    message = email.parser.BytesParser().parsebytes(header + response.content)
-    return {
-        part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
-        for part in message.get_payload()
-    }
+def test_the_clinicians_loop_through_monai_labels_client(server: Server, trained, tmp_path: Path):
+    # --- Slicer connects: the model, its segment, its options
+    info = server.client("info")
+    assert info["models"][MODEL]["labels"] == {"anomaly": 1} and "anomaly" in info["labels"]
+    assert info["trainers"][MODEL]["config"]["backbone"] == ["ViT-L-14/openai"]
+    # No model, no internet: the README's backbone cannot be trained here, and the answer says what to do.
+    refusal = server.refused("train_start", MODEL, {})
+    assert refusal.status == 409 and "--conf clip_checkpoint" in refusal.detail
+    refusal = server.refused("train_start", MODEL, {"epochs": 0})
+    assert refusal.status == 422 and refusal.detail.startswith("epochs:")
+    refusal = server.refused("infer", MODEL, "study_3", {})
+    assert refusal.status == 409 and "train" in refusal.detail
+    assert server.refused("infer", MODEL, "no_such_study", {}).status == 404
 
+    # --- A model trained elsewhere (tiny backbone) becomes the live one: its backbone is offered first.
+    server.models.mkdir(exist_ok=True)
+    placed = server.models / "model.pt"
+    shutil.copyfile(Path(trained) / "model.pt", placed)
+    placed_digest = _digest(placed)
+    backbones = server.client("info")["trainers"][MODEL]["config"]["backbone"]
+    assert backbones == ["mediclip-tiny/none", "ViT-L-14/openai"]
+    refusal = server.refused("infer", MODEL, "corrupt", {})
+    assert refusal.status == 422 and "corrupt.nii.gz" in refusal.detail
 
-def _infer(server: Server, study: str, tmp_path: Path) -> tuple[nib.Nifti1Image, dict]:
-    response = server.post(f"/infer/{MODEL}", params={"image": study, "output": "all"})
-    assert response.status_code == 200, f"{response.status_code} {response.text[:500]}\n{server.log_tail()}"
-    parts = _multipart(response)
-    params = json.loads(parts["params"])
-    label_file = tmp_path / f"{study}_label.nii.gz"
-    label_file.write_bytes(parts["image"])
-    return nib.load(str(label_file)), params
+    # --- Marking normal studies. One is not enough: one must be left to check the new model on.
+    server.client("save_label", "study_0", str(_label_file(tmp_path / "empty.nii.gz", lesion=False)), "")
+    refusal = server.refused("train_start", MODEL, {})
+    assert refusal.status == 409 and "1 normal study" in refusal.detail
+    server.mark("study_1", normal=True)
+    server.mark(EXPRESSION_STUDY, normal=True)
+    server.client("save_label", "study_2", str(_label_file(tmp_path / "lesion.nii.gz", lesion=True)), "")
 
+    # --- A training that fails says why where Slicer shows it (the model's description).
+    server.mark("corrupt", normal=True)
+    task, _ = server.train(epochs=1)
+    assert task["status"] == "ERROR"
+    assert "FAILED" in server.description() and "corrupt.nii.gz" in server.description()
+    assert "corrupt.nii.gz" in server.train_stats()["error"]
+    assert _digest(placed) == placed_digest
+    server.mark("corrupt", normal=False)
 
-def _train(server: Server, **params) -> dict:
-    """POST /train/ and wait for the task to finish; returns the finished task."""
-    response = server.post("/train/", json={MODEL: params})
-    assert response.status_code == 200, response.text
-    task_id = response.json()[MODEL]["result"]["id"]
-    deadline = time.monotonic() + TRAIN_S
-    while time.monotonic() < deadline:
-        tasks = server.get("/train/", params={"all": True}).json()
-        task = next(t for t in tasks if t["id"] == task_id)
-        if task["status"] in ("DONE", "ERROR", "STOPPED"):
-            assert task["status"] == "DONE", "training failed:\n" + "\n".join(task.get("details", []))
-            return task
-        time.sleep(2)
-    requests.delete(server.url + "/train/", timeout=REQUEST_S)
-    pytest.fail(f"training did not finish in {TRAIN_S} s:\n{server.log_tail()}")
+    # --- Train on the live backbone, offline; a second Train while it runs is refused.
+    task_id = server.client("train_start", MODEL, {"epochs": 3, "promote_if_worse": True})["id"]
+    refusal = server.refused("train_start", MODEL, {})
+    assert refusal.status == 409 and "already" in refusal.detail
+    task, seen = server.wait(task_id)
+    assert task["status"] == "DONE", "\n".join(task.get("details", []))
+    assert not (server.work / "PWNED").exists(), "a study's file name ran as code"
+    stats = server.train_stats()
+    # what Slicer reads: epoch/total_epochs (progress), best_metric (accuracy), total_time (finished)
+    assert stats["epoch"] == stats["total_epochs"] == 3 and stats["total_time"] and stats["start_ts"]
+    assert [v["epoch"] for v in stats["validation"]] == [1, 2, 3]  # written after every epoch
+    assert 0 <= stats["best_metric"] <= 1
+    assert all(s.get("total_epochs") == 3 and not s.get("total_time") for s in seen if s.get("epoch", 3) < 3)
+    assert stats["options"]["backbone"] == "mediclip-tiny/none"
+    assert stats["split"].startswith("3 normal studies: 2 shot(s), 1 held out") and "k_shot 8 asked" in stats["split"]
+    assert stats["promoted"] is True
+    assert ("not worse" if stats["candidate_metric"] >= stats["live_metric"] else "as asked") in stats["outcome"]
+    records = json.loads((server.models / "history" / "history.json").read_text())
+    kept_placed = [r for r in records if r["digest"] == placed_digest]
+    assert kept_placed and (server.models / "history" / kept_placed[0]["file"]).is_file()
+    (first,) = [r for r in records if r.get("run_dir") == stats["run_dir"]]
+    assert first["promoted"] and _digest(placed) == first["digest"]
 
-
-def _mark_studies(server: Server, tmp_path: Path) -> None:
-    """Two studies normal (Slicer's way: an empty submitted label; the API way: image info), one abnormal."""
-    empty = tmp_path / "empty.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros(STUDY_SHAPE, np.uint8), STUDY_AFFINE), str(empty))
-    lesion = np.zeros(STUDY_SHAPE, np.uint8)
-    lesion[20:26, 18:24, 2] = 1
-    lesion_file = tmp_path / "lesion.nii.gz"
-    nib.save(nib.Nifti1Image(lesion, STUDY_AFFINE), str(lesion_file))
-
-    with open(empty, "rb") as f:
-        assert (
-            server.put("/datastore/label", params={"image": "study_0"}, files={"label": f}).status_code == 200
-        )
-    info = {"info": json.dumps({"normal": True})}
-    assert server.put("/datastore/image/info", params={"image": "study_1"}, data=info).status_code == 200
-    with open(lesion_file, "rb") as f:
-        assert (
-            server.put("/datastore/label", params={"image": "study_2"}, files={"label": f}).status_code == 200
-        )
-
-
-def test_slicer_workflow_on_the_real_server(server: Server, tmp_path: Path):
-    # The Slicer module's first call: the model and its one segment.
-    info = server.get("/info/").json()
-    assert MODEL in info["models"] and MODEL in info["trainers"]
-    assert info["models"][MODEL]["labels"] == {"anomaly": 1}
-    assert "anomaly" in info["labels"]
-
-    # Before any training: a clear error, not a crash.
-    response = server.post(f"/infer/{MODEL}", params={"image": "study_3"})
-    assert response.status_code == 409 and "train" in response.json()["detail"]
-
-    # Wrong or unreadable study: clear HTTP errors, and the server keeps serving.
-    response = server.post(f"/infer/{MODEL}", params={"image": "no_such_study"})
-    assert response.status_code == 404 and "no_such_study" in response.json()["detail"]
-    response = server.post(f"/infer/{MODEL}", params={"image": "corrupt"})
-    assert response.status_code == 422 and "corrupt.nii.gz" in response.json()["detail"]
-    assert server.get("/info/").status_code == 200
-
-    # Few-shot training on the studies marked normal makes a model live.
-    _mark_studies(server, tmp_path)
-    _train(server, epochs=1, k_shot=2, seed=0)
-    model_file = server.models / "model.pt"
-    assert model_file.is_file()
-    stats = server.get("/info/").json()["train_stats"][MODEL]
-    assert stats["normal_studies"] == 2  # study_0 (empty label) and study_1 (info); not study_2 (lesion)
-
-    study = nib.load(str(server.studies / "study_3.nii.gz"))
-    label, params = _infer(server, "study_3", tmp_path)
+    # --- Auto segmentation: the segment's name carries the decision, the score and the thresholds.
+    label_file, params = server.client("infer", MODEL, "study_3", {})
+    label, study = nib.load(label_file), nib.load(str(server.studies / "study_3.nii.gz"))
     assert label.shape == study.shape
     np.testing.assert_allclose(label.affine, study.affine, atol=1e-4)
-    values = np.unique(np.asarray(label.dataobj))
-    assert set(values.tolist()) <= {0, 1}
-    assert params["label_names"] == {"anomaly": 1}
-    assert 0.0 <= params["score"] <= 1.0
-    anomaly_map = nib.load(params["anomaly_map"])
-    assert anomaly_map.shape == study.shape
+    (name,) = params["label_names"]
+    assert params["label_names"][name] == 1
+    assert name.startswith(f"anomaly: {params['decision']} (score {params['score']:.3f} ")
+    assert f"{params['image_threshold']:.3f}" in name and f"map >= {params['threshold']:.3f}" in name
+    assert params["decision"] == ("abnormal" if params["score"] >= params["image_threshold"] else "normal")
+    # the map: a label tag of the study that any client downloads, on the study's grid
+    anomaly_map = nib.load(server.client("download_label", "study_3", params["anomaly_map_tag"]))
     np.testing.assert_allclose(anomaly_map.affine, study.affine, atol=1e-4)
     first_map = np.asarray(anomaly_map.dataobj, dtype=np.float32)
-    assert first_map.min() >= 0.0 and first_map.max() <= 1.0
-    # the image score by the calibrated model's rule (a mean of its top foreground values), and its decision
-    assert params["score"] <= first_map.max() + 1e-6
-    assert params["decision"] == ("abnormal" if params["score"] >= params["image_threshold"] else "normal")
-    # the mask is the map at the (calibrated) threshold
     np.testing.assert_array_equal(np.asarray(label.dataobj) > 0, first_map >= params["threshold"])
-    # the map is kept in the datastore beside the study, downloadable by any client
-    response = server.get("/datastore/label", params={"label": "study_3", "tag": params["anomaly_map_tag"]})
-    assert response.status_code == 200 and len(response.content) > 0
+    assert server.get(params["anomaly_map_url"]).content == Path(anomaly_map.get_filename()).read_bytes()
+    # another branch for one request; the next one gets the model's own again
+    assert params["anomaly_branch"] == "fused"
+    assert server.client("infer", MODEL, "study_3", {"anomaly_branch": "mediclip"})[1]["anomaly_branch"] == "mediclip"
+    assert server.client("infer", MODEL, "study_3", {})[1]["anomaly_branch"] == "fused"
 
-    # Training again (another seed) replaces the live model; the next inference uses it.
-    before = model_file.stat().st_mtime_ns
-    _train(server, epochs=1, k_shot=2, seed=1)
-    assert model_file.stat().st_mtime_ns != before
-    label_2, params_2 = _infer(server, "study_3", tmp_path)
-    second_map = np.asarray(nib.load(params_2["anomaly_map"]).dataobj, dtype=np.float32)
-    assert label_2.shape == study.shape
+    # --- A worse model is kept, not made live: this run is the first run's first epoch (same seed and studies).
+    live_bytes = placed.read_bytes()
+    task, _ = server.train(epochs=1)
+    assert task["status"] == "DONE", "\n".join(task.get("details", []))
+    stats = server.train_stats()
+    assert stats["candidate_metric"] < stats["live_metric"], "the first run's best epoch was its first: train longer"
+    assert stats["promoted"] is False and "not made live" in stats["outcome"]
+    assert stats["best_metric"] == stats["live_metric"]  # Slicer's accuracy: the model still live
+    assert placed.read_bytes() == live_bytes
+    assert "not made live" in server.description()
+    assert Path(stats["history_file"]).is_file()
+
+    # --- ... unless asked.
+    task, _ = server.train(epochs=1, promote_if_worse=True)
+    assert task["status"] == "DONE", "\n".join(task.get("details", []))
+    stats = server.train_stats()
+    assert stats["promoted"] is True and "as asked" in stats["outcome"]
+    assert placed.read_bytes() == Path(stats["history_file"]).read_bytes()
+    _, params_after = server.client("infer", MODEL, "study_3", {})
+    assert params_after["model_modified"] != params["model_modified"]
+    second_map = np.asarray(nib.load(server.client("download_label", "study_3", "anomaly_map")).dataobj, np.float32)
     assert np.abs(second_map - first_map).max() > 1e-4, "inference still uses the old weights"
     assert server.process.poll() is None
+
+
+def test_no_field_of_an_infer_or_train_request_is_code(server: Server, trained, tmp_path: Path):
+    # With a live model on a backbone this server can train: a value that got through would reach the configs.
+    if not (server.models / "model.pt").exists():
+        server.models.mkdir(exist_ok=True)
+        shutil.copyfile(Path(trained) / "model.pt", server.models / "model.pt")
+    trainings = len(server.get("/train/", params={"all": True}).json()) if server.get("/train/").ok else 0
+    markers = []
+
+    def expressions(field: str, objects: bool = True):
+        marker = tmp_path / f"ran_{len(markers)}_{field}"
+        markers.append(marker)
+        yield f"$__import__('pathlib').Path({str(marker)!r}).touch()"  # Python, for MONAI's config parser
+        yield "@train#trainer"  # a reference to another config item
+        yield f"%{REPO}/bundle/configs/train.json#training"  # a macro: reads a file
+        if objects:
+            yield {"_target_": "pathlib.Path.touch", "self": str(marker)}  # an object to build, one level down
+
+    infer, train = f"/infer/{MODEL}", f"/train/{MODEL}"
+    options = []  # (option, path, request): the answer must name the option
+    for field in ("threshold", "batch_size", "anomaly_branch", "device", "logging", "not_an_option"):
+        for value in expressions(field):
+            options.append(
+                (field, infer, {"params": {"image": "study_0"}, "data": {"params": json.dumps({field: value})}})
+            )
+    for field in ("epochs", "k_shot", "seed", "device", "backbone", "promote_if_worse", "not_an_option"):
+        for value in expressions(field):
+            options.append((field, train, {"json": {field: value}}))
+            options.append((field, "/train/", {"json": {MODEL: {field: value}}}))
+    others = []  # (path, request): the query parameters, the model
+    for value in expressions("query", objects=False):
+        others.append((infer, {"params": {"image": value}}))
+        others.append((infer, {"params": {"session_id": value}}))
+        others.append((infer, {"params": {"image": "study_0", "output": value}}))
+        others.append(("/train/", {"json": {value: {}}}))
+        others.append(("/train/" + urllib.parse.quote(value, safe=""), {"json": {}}))
+        others.append((train, {"params": {"run_sync": value}, "json": {}}))
+
+    wrong = []
+    for option, path, request in [(None, *other) for other in others] + options:
+        response = server.post(path, **request)
+        named = option is None or str(_detail(response)).startswith(f"{option}:")
+        if not 400 <= response.status_code < 500 or not named:
+            wrong.append(f"POST {path} {request}: HTTP {response.status_code} {response.text[:300]}")
+    assert not wrong, "\n".join(wrong)
+    ran = [str(marker) for marker in markers if marker.exists()]
+    assert not ran, f"code sent by a client ran: {ran}"
+    assert server.get("/info/").status_code == 200
+    started = server.get("/train/", params={"all": True}).json() if server.get("/train/").ok else []
+    assert len(started) == trainings, f"a training was started: {started[trainings:]}"
+    assert server.process.poll() is None
+
+
+def _detail(response) -> str:
+    try:
+        return response.json().get("detail", "")
+    except ValueError:  # not JSON: a server error's text
+        return response.text
