@@ -112,7 +112,7 @@ def bench_bank_building(network: MediCLIP, volume_slices: int) -> None:
     size = network.input_contract.image_size
     shots_2d = [{"image": torch.rand(1, *size)} for _ in range(16)]
     with Stopwatch() as watch:
-        bank = build_memory_bank(network, shots_2d, preprocessing(network), batch_size=BATCH)
+        bank = build_memory_bank(network, shots_2d, preprocessing(network))
     print(f"  k=16 2D shots: {watch} -> bank of {bank.size} patches")
 
     shot_slices = [list(range(s * volume_slices, (s + 1) * volume_slices)) for s in range(16)]
@@ -120,7 +120,7 @@ def bench_bank_building(network: MediCLIP, volume_slices: int) -> None:
     chosen = bank_slice_indices(shot_slices, per_shot)
     slices = [{"image": torch.rand(1, *size)} for _ in chosen]  # only the chosen slices are ever read
     with Stopwatch() as watch:
-        bank = build_memory_bank(network, slices, preprocessing(network), batch_size=BATCH)
+        bank = build_memory_bank(network, slices, preprocessing(network))
     print(
         f"  k=16 volumes of {volume_slices} slices, {per_shot} evenly spaced of each = {len(chosen)} "
         f"slices: {watch} -> bank of {bank.size} patches (target < 60 s at ViT-B-16)"
