@@ -40,6 +40,7 @@ from monai.transforms import LoadImage, Resize
 
 from mediclip_monai.data.dicom import scan_dicom_series
 from mediclip_monai.errors import DataError, format_problems
+from mediclip_monai.quiet_logs import quiet_reader_setup
 
 __all__ = [
     "DICOM_SUFFIXES",
@@ -78,7 +79,8 @@ def _load(path: Path, reader) -> MetaTensor:
     """MONAI's LoadImage with one given reader, whose own errors then reach the caller."""
     global _LOADER
     if _LOADER is None:  # built once: LoadImage() instantiates every reader MONAI knows
-        _LOADER = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+        with quiet_reader_setup():
+            _LOADER = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
     # A reader given at call time is used directly; LoadImage's own fallback chain would hide its error.
     return _LOADER(str(path), reader=reader)
 
