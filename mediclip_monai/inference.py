@@ -45,12 +45,14 @@ def load_trained_model(
 def warn_unused_backbone_keys(network: MediCLIP, clip_model: str | None = None, clip_pretrained=None) -> None:
     """Say so when ``--clip_model`` or ``--clip_pretrained`` name another backbone than model.pt's: inference
     always rebuilds the one the model was trained on, whatever they say."""
-    identity = network.identity
     for key, given in (("clip_model", clip_model), ("clip_pretrained", clip_pretrained)):
-        if given is not None and str(given) != str(identity[key]):
+        if given is None:
+            continue
+        used = network.identity[key]
+        if str(given) != str(used):
             logger.warning(
                 f"--{key} {given} is not used: inference runs the backbone model.pt was trained on "
-                f"({key} {identity[key]})"
+                f"({key} {used})"
             )
 
 
