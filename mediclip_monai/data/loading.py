@@ -469,7 +469,7 @@ def _as_volume(volume) -> MetaTensor:
 
 
 def volume_to_slices(volume, min_foreground: float = 0.05) -> list[tuple[int, MetaTensor]]:
-    """Cut a volume into radiological axial 2D slices, skipping near-empty ones.
+    """Cut a volume into radiological axial 2D slices, skipping near-empty ones (a 2D image is one slice).
 
     Slices are taken across `axial_axis` of the volume's affine and turned into the display view
     described in the module docstring (rows anterior -> posterior, columns patient right -> left).
@@ -479,7 +479,8 @@ def volume_to_slices(volume, min_foreground: float = 0.05) -> list[tuple[int, Me
 
     Args:
         volume: ``(1, H, W, D)`` MetaTensor (a tensor/array without meta counts as identity affine),
-            or a ``(1, H, W)`` 2D image, which is returned as ``[(0, image)]`` unchanged.
+            or a ``(1, H, W)`` 2D image, which is returned as ``[(0, image)]`` unchanged when it passes the
+            same foreground test as a slice (an all-zero or constant image does not).
         min_foreground: keep a slice only when at least this fraction of its pixels is foreground
             (scaled intensity > 0.1); 0 keeps every slice.
 
@@ -488,7 +489,8 @@ def volume_to_slices(volume, min_foreground: float = 0.05) -> list[tuple[int, Me
     """
     vol = _as_volume(volume)
     if vol.ndim == 3:
-        return [(0, vol)]
+        foreground = float(np.mean(np.asarray(scale_intensity(vol.detach().cpu().numpy()) > _FOREGROUND_LEVEL)))
+        return [(0, vol)] if foreground >= min_foreground else []
     if vol.ndim != 4:
         raise ValueError(f"volume_to_slices expects (C, H, W) or (C, H, W, D), got shape {tuple(vol.shape)}")
     affine = vol.affine
@@ -624,8 +626,9 @@ def load_training_slices(
     """Load normal images as the 2D training/validation inputs of the model.
 
     For each entry: `read_image`, `scale_intensity` to [0, 1] (over the whole image or volume),
-    `volume_to_slices` (2D images give one slice; volume slices with too little foreground are
-    skipped), then a bilinear resize to ``image_size x image_size`` (MONAI `Resize`, no anti-aliasing).
+    `volume_to_slices` (2D images give one slice; slices with too little foreground are skipped, so an
+    empty or constant image, 2D or 3D, is refused), then a bilinear resize to ``image_size x image_size``
+    (MONAI `Resize`, no anti-aliasing).
 
     Args:
         items: datalist entries with an ``"image"`` path (e.g. the k-shot training entries).
@@ -654,7 +657,11 @@ def load_training_slices(
             continue
         slices = volume_to_slices(img, min_foreground=min_foreground)
         if not slices:
-            problems.append(f"{path}: no slice has at least {min_foreground:.0%} foreground")
+            what = "the image has" if img.ndim == 3 else "every slice has"
+            problems.append(
+                f"{path}: {what} less than {min_foreground:.0%} foreground (empty, constant or nearly black); "
+                "give normal scans that show the anatomy"
+            )
             continue
         name = case_name(path)
         for k, plane in slices:

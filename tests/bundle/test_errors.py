@@ -50,6 +50,28 @@ def test_a_data_error_names_the_file_and_what_would_work(demo_dir, tmp_path):
     assert last.endswith("or with an affine whose axis 0 runs superior-inferior.")
 
 
+def test_training_on_empty_or_constant_2d_images_is_refused_as_volumes_are(demo_dir, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 30), np.uint8)).save(tmp_path / "black.png")
+    nib.save(nib.Nifti1Image(np.full((40, 30), 7.0, np.float32), np.eye(4)), str(tmp_path / "flat.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((40, 30, 5), np.float32), np.eye(4)), str(tmp_path / "empty.nii.gz"))
+    entries = [{"image": name} for name in ("black.png", "flat.nii.gz", "empty.nii.gz")]
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": entries}))
+    result = train_cli(small_training(demo_dir, tmp_path, datalist=str(tmp_path / "datalist.json"), k_shot=0))
+    assert_reason_last(result)
+    assert result.stderr.rstrip().splitlines()[-4:] == [
+        "error: 3 problems with the training images:",
+        f"  {tmp_path / 'black.png'}: the image has less than 5% foreground (empty, constant or nearly black); "
+        "give normal scans that show the anatomy",
+        f"  {tmp_path / 'flat.nii.gz'}: the image has less than 5% foreground (empty, constant or nearly black); "
+        "give normal scans that show the anatomy",
+        f"  {tmp_path / 'empty.nii.gz'}: every slice has less than 5% foreground (empty, constant or nearly black); "
+        "give normal scans that show the anatomy",
+    ]
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
 def test_a_truncated_clip_checkpoint_is_named_without_torch_advice(demo_dir, tmp_path):
     import torch
 
