@@ -130,8 +130,8 @@ def _numpy(tensor) -> np.ndarray:
 def case_panels(case: Mapping) -> list[dict]:
     """The slices a reviewer should see of a case on the model grid (``image``, ``pred``, ``label``).
 
-    A volume shows the slice with the most truth (when its mask has any) beside the slice of the
-    maximum; a 2D image shows itself.
+    A volume shows the slice with the most truth (when its mask has any) beside the slice holding the
+    image score; a 2D image shows itself.
     """
     image, anomaly_map, label = (case.get(key) for key in ("image", "pred", "label"))
     image, anomaly_map = _numpy(image)[0], _numpy(anomaly_map)[0]
@@ -143,7 +143,7 @@ def case_panels(case: Mapping) -> list[dict]:
         shown.append((int(label.sum(axis=(0, 1)).argmax()), "most truth"))
     max_slice = int(case["max_slice"])
     if not shown or shown[0][0] != max_slice:
-        shown.append((max_slice, "maximum"))
+        shown.append((max_slice, "of the score"))
     return [
         {
             "image": image[..., k],

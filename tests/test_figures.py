@@ -58,7 +58,7 @@ def volume_case(rng, name, truth=1):
             "label": label,
             "title": f"slice {k} ({w})",
         }
-        for k, w in ((42, "most truth"), (28, "maximum"))
+        for k, w in ((42, "most truth"), (28, "of the score"))
     ]
     return {"name": name, "score": 0.18436, "decision": "abnormal", "truth": truth, "slices": slices}
 
@@ -87,7 +87,7 @@ def test_montage_rows_headed_in_full_lines_and_branch_named_nothing_clipped_or_o
     # The lines are named once, in the legend; the threshold rounded; the map panels name the branch.
     assert "truth (given mask)" in words and "mask threshold 0.103" in words
     assert words.count("fused map") == 3
-    assert "slice 42 (most truth)" in words and "slice 28 (maximum)" in words and "image, no mask given" in words
+    assert "slice 42 (most truth)" in words and "slice 28 (of the score)" in words and "image, no mask given" in words
     assert not [w for w in words if re.search(r"\d\.\d{4}", w)]
     assert_inside(figure)
     # No title runs into another (the two map titles of a volume row used to overlap).
