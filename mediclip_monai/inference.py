@@ -42,7 +42,9 @@ def load_trained_model(
     return network
 
 
-def warn_unused_backbone_keys(network: MediCLIP, clip_model: str | None = None, clip_pretrained=None) -> None:
+def warn_unused_backbone_keys(
+    network: MediCLIP, clip_model: str | None = None, clip_pretrained: str | None = None
+) -> None:
     """Say so when ``--clip_model`` or ``--clip_pretrained`` name another backbone than model.pt's: inference
     always rebuilds the one the model was trained on, whatever they say."""
     for key, given in (("clip_model", clip_model), ("clip_pretrained", clip_pretrained)):
