@@ -129,14 +129,15 @@ def prepare_few_shot_data(
     read = {item["image"] for item in shots + validation_items}
     # The images not drawn are only checked to be there: reading every file of a large dataset takes long.
     check_entries(shots + validation_items, exist_only=[item for item in training_items if item["image"] not in read])
-    train = load_training_slices(shots, image_size=image_size)
+    slices = load_training_slices(shots + validation_items, image_size=image_size)  # every bad image at once
+    train = [item for item in slices if item["entry"] < len(shots)]
     for index, item in enumerate(train):  # names the slice for the token cache (CachedTokenInferer)
         item["cache_key"] = f"train/{index}"
     if not train:
         raise DataError(f"{datalist}: the {len(shots)} training images hold no slice with foreground.")
     support = [item["image"] for item in train]
     if held_out:
-        validation_slices = load_training_slices(validation_items, image_size=image_size)
+        validation_slices = [item for item in slices if item["entry"] >= len(shots)]
     else:
         logger.warning(
             f"{datalist}: a single normal image, nothing to hold out: validating on the shot itself, which "
