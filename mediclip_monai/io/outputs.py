@@ -35,6 +35,7 @@ import numpy as np
 from monai.transforms import MapTransform
 
 from ..data.cases import Case
+from ..errors import writing_into
 from .atomic import atomic_write
 from .writers import (
     write_anomaly_map,
@@ -59,6 +60,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_SUFFIX = "_case.json"
 SCORES_FILE = "scores.csv"
 CASES_FILE = "cases.json"
+RESUME_HINT = "the cases written before are complete: run the same command again to go on"
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -195,7 +197,7 @@ class SaveCaseOutputsd(MapTransform):
         mask_key: the uint8 mask key (``AnomalyScored``).
         name_key, source_key: the case's name and its image file or DICOM series folder.
 
-    The case's ``score``, ``max_slice``, ``threshold``, ``image_threshold``, ``abnormal`` and ``decision``
+    The case's ``score``, ``max_slice``, ``threshold``, ``image_threshold`` and ``decision``
     (``AnomalyScored``) go into the
     manifest. Sets ``case_folder`` (the folder written) and ``name`` (the name it got).
     """
@@ -216,13 +218,21 @@ class SaveCaseOutputsd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
-        name, source = str(d[self.name_key]), str(d[self.source_key])
+        name = str(d[self.name_key])
+        # A full or read-only folder is no case's fault: it stops the run (engines.CaseEvaluator).
+        with writing_into(f"--output_dir {self.output_dir}", f"while writing case {name}", RESUME_HINT):
+            d[self.name_key] = self._write(d, name)
+        d["case_folder"] = str(self.output_dir / d[self.name_key])
+        return d
+
+    def _write(self, d: dict, name: str) -> str:
+        """Stage the case's outputs and manifest, then move them into place; returns the name it got."""
+        source = str(d[self.source_key])
         anomaly_map, mask = d[self.keys[0]][0], d[self.mask_key][0]
         affine = np.asarray(d[self.keys[0]].affine.cpu(), dtype=np.float64)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         staging = self.output_dir / f".{name}.tmp-{secrets.token_hex(4)}"
-        staging.mkdir()
         try:
+            staging.mkdir(parents=True)
             files = {
                 "anomaly_map": f"{name}_anomaly_map.nii.gz",
                 "anomaly_mask": f"{name}_anomaly_mask.nii.gz",
@@ -241,18 +251,15 @@ class SaveCaseOutputsd(MapTransform):
                 "max_slice": d.get("max_slice"),
                 "threshold": float(d["threshold"]),
                 "image_threshold": float(d["image_threshold"]),
-                "abnormal": int(d["abnormal_decision"]),
                 "decision": d["decision"],
                 **self.identity,
                 "outputs": list(files.values()),
             }
             _write_manifest(staging, name, manifest)
-            name = _commit(staging, self.output_dir, name, manifest)
+            return _commit(staging, self.output_dir, name, manifest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        d[self.name_key], d["case_folder"] = name, str(self.output_dir / name)
-        return d
 
 
 def rebuild_index(output_dir: str | os.PathLike) -> list[dict]:
