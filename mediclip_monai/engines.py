@@ -8,7 +8,8 @@ inference, postprocessing or writing of a case, and goes on with the next one. I
 such a case is ``[NoPrediction(name, source, failure)]``, whose ``pred``, ``label`` (any key) is None: the
 project's metrics and handlers skip it. When the loop is over, the
 failures of every rank are reported in one ``CaseFailuresError`` (after the handlers have written what
-the good cases gave), so the run exits non-zero and names every bad file with its reason.
+the good cases gave), so the run exits non-zero and names every bad file with its reason. An output
+folder that is full or read-only is not a case's fault: it stops the run at once with an ``OutputError``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch.distributed as dist
 from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 from torch.utils.data import Sampler
+
+from .errors import MediclipError, OutputError, reason_of
 
 __all__ = [
     "FAILURE_KEY",
@@ -43,24 +46,22 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-class CaseFailuresError(RuntimeError):
+class CaseFailuresError(MediclipError, RuntimeError):
     """Some cases could not be processed; the message lists each with its file and reason."""
 
 
 def describe_failure(source: str, error: BaseException) -> str:
     """``"<source>: <reason>"`` for a failed case.
 
-    MONAI wraps a transform's error in RuntimeErrors ("applying transform ..."): the first error of the
-    chain that names the source (the project's DataError does) is the reason, else the innermost one.
+    MONAI wraps a transform's error in RuntimeErrors ("applying transform ..."): the reason is the user
+    error in the chain (``errors.reason_of``; a DataError names its file), else the innermost exception
+    with its type.
     """
-    chain = [error]
-    while chain[-1].__cause__ is not None:
-        chain.append(chain[-1].__cause__)
-    for link in chain:
-        if source and str(link).strip().startswith(str(source)):
-            return str(link).strip()
-    root = chain[-1]
-    return f"{source}: {type(root).__name__}: {str(root).strip()}"
+    reason, is_user_error = reason_of(error)
+    text = str(reason).strip()
+    if not is_user_error:
+        text = f"{type(reason).__name__}: {text}"
+    return text if source and text.startswith(str(source)) else f"{source}: {text}"
 
 
 class NoPrediction(dict):
@@ -147,6 +148,9 @@ class CaseEvaluator(SupervisedEvaluator):
             try:
                 return super()._iteration(engine, batchdata)
             except Exception as error:  # reading, inference, postprocessing or writing of this case
+                reason = reason_of(error)[0]
+                if isinstance(reason, OutputError):  # the output folder, not the case: every next case would fail
+                    raise reason
                 failure = describe_failure(source, error)
         logger.error(failure)
         self.failures.append(failure)

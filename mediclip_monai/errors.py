@@ -3,29 +3,34 @@
 `MediclipError` is the base of every error whose message is the whole story: it names the file or
 config key, says what is wrong and, where it helps, the fix. Such an error needs no traceback.
 `DataError` (a dataset problem, listing every bad entry at once through `format_problems`),
-`ConfigValueError` (an invalid config value) and `MissingPackageError` (an optional package that is
-not installed) are its kinds here; other modules add their own (the CLIP weights errors in
-``networks/weights.py``).
+`ConfigValueError` (an invalid config value), `OutputError` (a folder that cannot be written: read-only,
+full, no permission) and `MissingPackageError` (an optional package that is not installed) are its kinds
+here; other modules add their own (the CLIP weights errors in ``networks/weights.py``).
 
 MONAI's config runner wraps every exception raised inside the configs in "Failed to evaluate
 ConfigExpression ..." / "Failed to instantiate component ..." errors, which leaves the real reason far
 up a long traceback. `report_uncaught` is a ``sys.excepthook`` that makes the reason the last line:
-for a `MediclipError` anywhere in the chain it prints just that message; for anything else it prints
-the traceback as Python would, then the root cause. ``MEDICLIP_TRACEBACK=1`` shows the full traceback
-for user errors too. Under torchrun, the reason also goes into the failure summary torchrun prints at
-the end (through the error file it gives each worker). The bundle configs install the hook by importing
-``mediclip_monai.readable_errors``.
+for a `MediclipError` anywhere in the chain (or an `OSError` that says the disk is full or read-only)
+it prints just that message; for anything else it prints the traceback as Python would, then the root
+cause. ``MEDICLIP_TRACEBACK=1`` shows the full traceback for user errors too. MONAI's ``StatsHandler``
+logs the traceback of any exception raised inside an engine before it re-raises it; installing the hook
+also stops that for user errors, whose message alone is the story. Under torchrun, the reason also goes
+into the failure summary torchrun prints at the end (through the error file it gives each worker). The
+bundle configs install the hook by importing ``mediclip_monai.readable_errors``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib.util
 import json
+import logging
 import os
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 __all__ = [
     "TRACEBACK_ENV",
@@ -33,11 +38,14 @@ __all__ = [
     "DataError",
     "MediclipError",
     "MissingPackageError",
+    "OutputError",
     "format_problems",
     "install_excepthook",
+    "output_error",
     "reason_of",
     "report_uncaught",
     "require_package",
+    "writing_into",
 ]
 
 # Set to 1 to see the full traceback of user errors as well.
@@ -65,6 +73,54 @@ class DataError(MediclipError, ValueError):
 
 class ConfigValueError(MediclipError, ValueError):
     """A config value (a command-line override) that cannot work, named by its key."""
+
+
+class OutputError(MediclipError):
+    """An output cannot be written: its folder is read-only, full or not writable; the message names it
+    and the fix."""
+
+
+# Why a write failed, and what the user can do about it, by errno.
+_WRITE_FAILURES = {
+    errno.EROFS: ("read-only file system", "give a folder you can write to"),
+    errno.EACCES: ("permission denied", "give a folder you can write to, or make this one writable"),
+    errno.EPERM: ("operation not permitted", "give a folder you can write to, or make this one writable"),
+    errno.ENOSPC: ("no space left on the device", "free some space or give a folder on another disk"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or give a folder on another disk"),
+}
+# The failures that can only come from writing (a permission error may also be a file that cannot be read).
+DISK_FULL_OR_READ_ONLY = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def output_error(where: str, error: OSError, doing: str = "", then: str = "") -> OutputError:
+    """The `OutputError` for ``error``, raised while writing into ``where``: the reason and the fix.
+
+    Args:
+        where: what to name: the folder and its config key (``"--output_dir /data/out"``), or a file.
+        error: the OSError of the write.
+        doing: what was being written (``"while writing case t1"``).
+        then: what else the user should know, last (what was kept, how to go on).
+    """
+    reason, fix = _WRITE_FAILURES.get(
+        getattr(error, "errno", None), (error.strerror or str(error), "give a folder you can write to")
+    )
+    doing = f" {doing}" if doing else ""
+    then = f"; {then}" if then else ""
+    return OutputError(f"{where}: cannot write there ({reason}{doing}); {fix}{then}")
+
+
+@contextlib.contextmanager
+def writing_into(where: str, doing: str = "", then: str = "") -> Iterator[None]:
+    """Turn a disk-full or read-only OSError raised inside into `output_error`'s OutputError.
+
+    Other errors pass unchanged: a permission error may be an input that cannot be read.
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_FULL_OR_READ_ONLY:
+            raise
+        raise output_error(where, error, doing, then) from error
 
 
 class MissingPackageError(MediclipError, ImportError):
@@ -118,13 +174,16 @@ def reason_of(error: BaseException) -> tuple[BaseException, bool]:
 
     The outermost `MediclipError` in the chain when there is one (its own causes are details, such as the
     reader's exception under a DataError); else the root cause, as a `MissingPackageError` when it is the
-    import of a package of an extra (`EXTRA_PACKAGES`).
+    import of a package of an extra (`EXTRA_PACKAGES`), as an `OutputError` naming the file when it is a
+    disk that is full or read-only (whatever library was writing).
     """
     chain = _chain(error)
     for item in chain:
         if isinstance(item, MediclipError):
             return item, True
     root = chain[-1]
+    if isinstance(root, OSError) and root.errno in DISK_FULL_OR_READ_ONLY and root.filename:
+        return output_error(str(root.filename), root), True
     package = (root.name or "").split(".")[0] if isinstance(root, ModuleNotFoundError) else ""
     if package in EXTRA_PACKAGES:
         feature, extra = EXTRA_PACKAGES[package]
@@ -160,6 +219,25 @@ def _tell_torchrun(text: str) -> None:
         pass  # the summary then says what it says without it
 
 
+class _UserErrorLogFilter(logging.Filter):
+    """Drops log records that carry a user error's traceback: `report_uncaught` prints its message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, Exception) and reason_of(error)[1])
+
+
+# MONAI's StatsHandler logs "Exception: ..." with the traceback (logger.exception) before re-raising.
+_ENGINE_EXCEPTION_LOGGERS = ("monai.handlers.StatsHandler",)
+
+
 def install_excepthook() -> None:
-    """Make `report_uncaught` the interpreter's hook for uncaught exceptions (idempotent)."""
+    """Make `report_uncaught` the interpreter's hook for uncaught exceptions, and keep the tracebacks of
+    user errors out of the engines' logs (idempotent)."""
     sys.excepthook = report_uncaught
+    from monai.apps import get_logger  # MONAI's own way: a logger made here first must still print
+
+    for name in _ENGINE_EXCEPTION_LOGGERS:
+        engine_logger = get_logger(name)
+        if not any(isinstance(f, _UserErrorLogFilter) for f in engine_logger.filters):
+            engine_logger.addFilter(_UserErrorLogFilter())

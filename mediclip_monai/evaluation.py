@@ -4,10 +4,11 @@ evaluate.json that report every anomaly branch side by side.
 
 Protocol (MediCLIP, arXiv 2405.11315): every case is put on the model grid (``transforms.ModelGridd``:
 every axial slice at the network's input size, 224 x 224 for ViT-L-14, images bilinear, masks nearest and
-binarised at 0.5), the anomaly maps are computed there, the image score is the model's rule (the map's
-maximum for an uncalibrated model, as the paper; see ``scoring``), and pixel metrics pool every slice of
-every test case (normal images count as all-normal masks; abnormal images without a mask count in the
-image metrics only). AUPRO integrates up to 30% false-positive rate.
+binarised at 0.5), the anomaly maps are computed there, and pixel metrics pool every slice of every test
+case (normal images count as all-normal masks; abnormal images without a mask count in the image metrics
+only). AUPRO integrates up to 30% false-positive rate. The image score is the model's rule (the map's
+maximum for an uncalibrated model, as the paper; see ``scoring``) on the map brought back onto the case's
+own grid, the map inference writes: a case has one score, in inference's scores.csv and here.
 
 Branches: the top-level metrics are those of the network's ``anomaly_branch`` at the thresholds in use.
 A model with a memory bank and calibration is also scored on every branch from the same backbone pass
@@ -29,8 +30,9 @@ import torch
 from monai.handlers import from_engine
 
 from . import scoring
+from .figures import overlay_montage, plot_roc
 from .io.atomic import atomic_write
-from .metrics import ImageAccuracy, ImageAUROC, ImageMaxF1, PixelAUPRO, PixelAUROC, PixelDice, overlay_montage, plot_roc
+from .metrics import ImageAccuracy, ImageAUROC, ImageMaxF1, PixelAUPRO, PixelAUROC, PixelDice
 from .transforms.postprocessing import AnomalyScored, SplitBranchesd
 
 __all__ = [
@@ -49,7 +51,7 @@ logger = logging.getLogger(__name__)
 MONTAGE_CASES = 4
 PROTOCOL = (
     "maps at the network's input size on every axial slice; image score = the model's rule (map maximum "
-    "when uncalibrated); masks resized "
+    "when uncalibrated) on the map resampled to the case's own grid, as inference writes it; masks resized "
     "nearest, >= 0.5 anomalous; pixel metrics pooled over all slices; AUPRO up to 30% FPR"
 )
 
@@ -61,10 +63,13 @@ def evaluation_branches(network) -> tuple[str, ...] | None:
     return None if branches is None or len(branches) < 2 else tuple(branches)
 
 
-def branch_scoring(network, branches: Sequence[str] | None, key: str = "pred") -> list:
+def branch_scoring(
+    network, branches: Sequence[str] | None, key: str = "pred", source_image_key: str | None = None
+) -> list:
     """Postprocessing of a multi-branch map: one key per branch (``SplitBranchesd``), each scored at its
     own calibrated thresholds and with the model's image-score rule (keys ``<branch>_mask``,
-    ``<branch>_score``, ``<branch>_abnormal_decision``, ...). Nothing for ``branches`` None."""
+    ``<branch>_score``, ``<branch>_abnormal_decision``, ...), the score on the case's own grid when
+    ``source_image_key`` names its image there (see ``AnomalyScored``). Nothing for ``branches`` None."""
     if not branches:
         return []
     model = getattr(network, "module", network)
@@ -78,6 +83,7 @@ def branch_scoring(network, branches: Sequence[str] | None, key: str = "pred") -
                 threshold=pixel,
                 image_threshold=calibration.get("image_threshold", {}).get(branch, pixel),
                 score_rule=scoring.image_score_rule(model),
+                source_image_key=source_image_key,
                 prefix=f"{branch}_",
             )
         )
@@ -105,14 +111,15 @@ def branch_metrics(branches: Sequence[str] | None, key: str = "pred") -> dict:
 
 
 def case_record(case: Mapping) -> dict:
-    """The per-case row of cases.csv from a postprocessed case (name, score, truth, mask, slice, decision)."""
+    """The per-case row of cases.csv from a postprocessed case: name, score, slice of the score, the model's
+    decision, the truth (1 abnormal, 0 normal) and whether the datalist gave a mask."""
     return {
         "name": str(case["name"]),
         "score": float(case["score"]),
-        "abnormal": int(case["image_truth"]),
-        "has_mask": int(case.get("label") is not None),
         "max_slice": case.get("max_slice"),
         "decision": case["decision"],
+        "truth": int(case["image_truth"]),
+        "has_mask": int(case["has_mask"]),
     }
 
 
@@ -123,8 +130,8 @@ def _numpy(tensor) -> np.ndarray:
 def case_panels(case: Mapping) -> list[dict]:
     """The slices a reviewer should see of a case on the model grid (``image``, ``pred``, ``label``).
 
-    A volume shows the slice with the most truth (when its mask has any) beside the slice of the
-    maximum; a 2D image shows itself.
+    A volume shows the slice with the most truth (when its mask has any) beside the slice holding the
+    image score; a 2D image shows itself.
     """
     image, anomaly_map, label = (case.get(key) for key in ("image", "pred", "label"))
     image, anomaly_map = _numpy(image)[0], _numpy(anomaly_map)[0]
@@ -136,7 +143,7 @@ def case_panels(case: Mapping) -> list[dict]:
         shown.append((int(label.sum(axis=(0, 1)).argmax()), "most truth"))
     max_slice = int(case["max_slice"])
     if not shown or shown[0][0] != max_slice:
-        shown.append((max_slice, "maximum"))
+        shown.append((max_slice, "of the score"))
     return [
         {
             "image": image[..., k],
@@ -178,7 +185,7 @@ def write_report(
         the content of metrics.json.
     """
     os.makedirs(output_dir, exist_ok=True)
-    labels = np.array([r["abnormal"] for r in records])
+    labels = np.array([r["truth"] for r in records])
     scores = np.array([r["score"] for r in records])
     overall = {name: value for name, value in metrics.items() if "/" not in name}
     branches: dict[str, dict] = {}
@@ -203,13 +210,15 @@ def write_report(
         json.dump(report, f, indent=2)
     with atomic_write(os.path.join(output_dir, "cases.csv")) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["name", "score", "abnormal", "has_mask", "max_slice", "decision"])
+        writer.writerow(["name", "score", "max_slice", "decision", "truth", "has_mask"])
         for r in records:
             max_slice = "" if r["max_slice"] is None else r["max_slice"]
-            writer.writerow([r["name"], f"{r['score']:.6f}", r["abnormal"], r["has_mask"], max_slice, r["decision"]])
-    auroc = report.get("image_auroc")
-    plot_roc(os.path.join(output_dir, "roc.png"), labels, scores, title=f"Image AUROC {auroc}")
+            truth = "abnormal" if r["truth"] else "normal"
+            writer.writerow([r["name"], repr(r["score"]), max_slice, r["decision"], truth, r["has_mask"]])
+    map_name = f"{anomaly_branch} map" if anomaly_branch else "anomaly map"
+    title = f"Image-level ROC, {map_name}, {len(records)} cases"
+    plot_roc(os.path.join(output_dir, "roc.png"), labels, scores, title=title)
     if montage_cases:
-        overlay_montage(os.path.join(output_dir, "montage.png"), montage_cases, threshold=threshold)
+        overlay_montage(os.path.join(output_dir, "montage.png"), montage_cases, threshold, anomaly_branch)
     logger.info(f"evaluation of {len(records)} case(s) in {output_dir}: {json.dumps(report)}")
     return report

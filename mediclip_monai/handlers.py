@@ -15,8 +15,10 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from .engines import FAILURE_KEY, is_distributed
+from .errors import writing_into
 from .evaluation import MONTAGE_CASES, case_panels, case_record, write_report
-from .io.outputs import BackgroundWrites, rebuild_index
+from .io.atomic import require_writable
+from .io.outputs import SCORES_FILE, BackgroundWrites, rebuild_index
 
 __all__ = ["CaseIndexHandler", "EvaluationReport"]
 
@@ -52,7 +54,8 @@ class CaseIndexHandler:
             for failure in self.writes.wait():
                 logger.error(failure)
                 engine.failures.append(failure)
-        manifests = rebuild_index(self.output_dir)
+        with writing_into(f"--output_dir {self.output_dir}", f"while writing {SCORES_FILE}"):
+            manifests = rebuild_index(self.output_dir)
         failed = len(getattr(engine, "failures", []))
         logger.info(f"{self.output_dir}: {len(manifests)} case(s) listed in scores.csv, {failed} failed in this run")
 
@@ -66,7 +69,8 @@ class EvaluationReport:
         image_threshold, anomaly_branch, calibration: recorded in metrics.json (see ``evaluation.write_report``).
 
     The report is written only when every case was evaluated: metrics over part of a test set would
-    mislead, so with failed cases nothing is written and the evaluator's error lists them.
+    mislead, so with failed cases nothing is written and the evaluator's error lists them. A folder that
+    cannot be written is refused when the handler is made, before any case is evaluated.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class EvaluationReport:
         anomaly_branch: str | None = None,
         calibration: dict | None = None,
     ) -> None:
+        require_writable(output_dir, "--output_dir")
         self.output_dir = output_dir
         self.threshold = threshold
         self.model_details = {
@@ -119,9 +124,10 @@ class EvaluationReport:
         if failed:
             logger.error(f"evaluation report not written: {failed} case(s) failed (listed below)")
             return
-        write_report(
-            self.output_dir, records, engine.state.metrics, _extremes(shown), self.threshold, **self.model_details
-        )
+        with writing_into(self.output_dir, "while writing the evaluation report"):
+            write_report(
+                self.output_dir, records, engine.state.metrics, _extremes(shown), self.threshold, **self.model_details
+            )
 
 
 def _extremes(cases: list[dict]) -> list[dict]:

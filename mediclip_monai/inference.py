@@ -17,10 +17,12 @@ import torch.distributed as dist
 
 from .data.cases import find_cases
 from .engines import is_distributed
-from .io.outputs import assign_output_names, is_complete
+from .io.atomic import require_writable
+from .io.outputs import assign_output_names, file_digest, is_complete
 from .networks import MediCLIP, load_mediclip
+from .networks.checkpoint import require_model_file
 
-__all__ = ["load_trained_model", "plan_cases"]
+__all__ = ["load_trained_model", "model_digest", "plan_cases", "warn_unused_backbone_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +31,47 @@ def load_trained_model(
     ckpt_path: str, device: str = "cpu", clip_checkpoint: str | None = None, anomaly_branch: str | None = None
 ) -> MediCLIP:
     """Rebuild the network recorded in ``ckpt_path`` with its trained weights (see ``networks.load_mediclip``);
-    ``anomaly_branch`` None keeps the model's calibrated default."""
-    return load_mediclip(ckpt_path, clip_checkpoint=clip_checkpoint, device=device, anomaly_branch=anomaly_branch)
+    ``anomaly_branch`` None keeps the model's calibrated default. Logs what was loaded."""
+    network = load_mediclip(ckpt_path, clip_checkpoint=clip_checkpoint, device=device, anomaly_branch=anomaly_branch)
+    identity = network.identity
+    weights = identity["clip_checkpoint"] or f"clip_pretrained {identity['clip_pretrained']}"
+    calibrated = "calibrated" if network.calibration else "not calibrated"
+    logger.info(
+        f"model {ckpt_path}: backbone {identity['clip_model']} ({weights}), {network.anomaly_branch} map, {calibrated}"
+    )
+    return network
+
+
+def warn_unused_backbone_keys(
+    network: MediCLIP, clip_model: str | None = None, clip_pretrained: str | None = None
+) -> None:
+    """Say so when ``--clip_model`` or ``--clip_pretrained`` name another backbone than model.pt's: inference
+    always rebuilds the one the model was trained on, whatever they say."""
+    for key, given in (("clip_model", clip_model), ("clip_pretrained", clip_pretrained)):
+        if given is None:
+            continue
+        used = network.identity[key]
+        if str(given) != str(used):
+            logger.warning(
+                f"--{key} {given} is not used: inference runs the backbone model.pt was trained on "
+                f"({key} {used})"
+            )
+
+
+def model_digest(ckpt_path: str) -> str:
+    """The digest that names model.pt in each case's manifest (``io.outputs.file_digest``); without a
+    model.pt, the same "train first" error as loading it."""
+    require_model_file(ckpt_path)
+    return file_digest(ckpt_path)
 
 
 def plan_cases(input: str, output_dir: str, overwrite: bool = False, identity: Mapping | None = None) -> list[dict]:
     """The cases an inference run processes: ``[{"image": source, "source": source, "name": name}, ...]``.
 
-    Names follow ``data.cases`` and ``io.outputs.assign_output_names`` (never a name another source holds
-    in ``output_dir``). A case whose folder is complete for the same source and ``identity`` (model,
-    threshold) is left out unless ``overwrite``. In a distributed run rank 0 makes the plan and every rank
+    An ``output_dir`` that cannot be written is refused first. Names follow ``data.cases`` and
+    ``io.outputs.assign_output_names`` (never a name another source holds in ``output_dir``). A case whose
+    folder is complete for the same source and ``identity`` (model, threshold) is left out unless
+    ``overwrite``. In a distributed run rank 0 makes the plan and every rank
     receives it, so all ranks shard the same list whatever the others have written meanwhile.
 
     Args:
@@ -48,6 +81,7 @@ def plan_cases(input: str, output_dir: str, overwrite: bool = False, identity: M
         identity: what a finished case must match to be skipped (see ``io.outputs.is_complete``).
     """
     plan = None
+    require_writable(output_dir, "--output_dir")
     if not is_distributed() or dist.get_rank() == 0:
         plan = _plan(input, output_dir, overwrite, identity)
     if is_distributed():

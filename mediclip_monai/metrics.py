@@ -1,5 +1,5 @@
-"""Anomaly-detection metrics for MediCLIP: image AUROC, pixel AUROC, pixel AUPRO, max F1, their Ignite
-versions for MONAI engines, and the two evaluation figures (ROC curve, overlay montage).
+"""Anomaly-detection metrics for MediCLIP: image AUROC, pixel AUROC, pixel AUPRO, max F1, and their Ignite
+versions for MONAI engines (the evaluation's figures are in ``figures``).
 
 The numpy functions follow the MVTec AD / MediCLIP evaluation protocol (arXiv 2405.11315 reports image
 AUROC and pixel AUROC; AUPRO is the per-region overlap of Bergmann et al., MVTec AD, IJCV 2021). Scores
@@ -22,10 +22,8 @@ given maps. From a bundle config::
 
 from __future__ import annotations
 
-import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import ignite.distributed as idist
 import numpy as np
@@ -33,9 +31,8 @@ import torch
 from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 from scipy import ndimage
-from sklearn.metrics import precision_recall_curve, roc_curve
+from sklearn.metrics import precision_recall_curve
 
-from .io.atomic import atomic_write
 from .scoring import image_scores
 
 __all__ = [
@@ -47,10 +44,8 @@ __all__ = [
     "PixelDice",
     "image_auroc",
     "max_f1",
-    "overlay_montage",
     "pixel_aupro",
     "pixel_auroc",
-    "plot_roc",
     "roc_auc",
 ]
 
@@ -485,103 +480,3 @@ class PixelAUPRO(_AccumulatingMetric):
         masks = [m.reshape(shape) for m, shape in zip(np.split(truths, splits), shapes)]
         maps = [m.reshape(shape) for m, shape in zip(np.split(scores, splits), shapes)]
         return pixel_aupro(masks, maps, max_fpr=self.max_fpr)
-
-
-# --- figures -----------------------------------------------------------------------------------------
-
-
-def _new_figure(width: float, height: float):
-    # A bare Figure with the Agg canvas: no pyplot global state, no display needed, thread-safe enough
-    # for handlers running inside training.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save_png(figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    with atomic_write(path) as tmp:
-        figure.savefig(tmp, format="png")
-    return path
-
-
-def plot_roc(path: str | os.PathLike, labels, scores, title: str = "ROC") -> Path:
-    """Save the ROC curve of ``scores`` against binary ``labels`` as a PNG, with the AUROC in the legend.
-
-    With a single class present the curve is undefined; the figure then says so instead of failing.
-    """
-    labels, scores = _flat_labels_scores(labels, scores)
-    figure = _new_figure(5, 5)
-    axes = figure.add_subplot(1, 1, 1)
-    axes.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
-    if labels.any() and not labels.all():
-        fpr, tpr, _ = roc_curve(labels, scores)
-        axes.plot(fpr, tpr, color="C0", linewidth=2, label=f"AUROC {roc_auc(labels, scores):.3f}")
-    else:
-        axes.text(0.5, 0.5, "undefined: one class only", ha="center", va="center")
-    axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate", title=title)
-    axes.set_aspect("equal")
-    axes.legend(loc="lower right")
-    figure.tight_layout()
-    return _save_png(figure, path)
-
-
-def _montage_slices(case: Mapping) -> list[Mapping]:
-    """The slices shown for a case: its ``slices``, or the one ``image``/``anomaly_map``/``label`` it gives."""
-    if case.get("slices"):
-        return list(case["slices"])
-    return [{key: case.get(key) for key in ("image", "anomaly_map", "label", "title")}]
-
-
-def overlay_montage(path: str | os.PathLike, cases: Sequence[Mapping], threshold: float | None = None) -> Path:
-    """Save a review montage PNG, one row per case, two panels per shown slice.
-
-    For each slice: the image with the truth outlined (green), and the anomaly map over it on its real
-    0..1 scale (colour bar) with the threshold's contour (white) and the truth outline. A row's first
-    title gives the case's name, score and decision.
-
-    Args:
-        path: destination PNG.
-        cases: dicts with ``name``, ``score``, optional ``decision`` (``"abnormal"``/``"normal"``), optional
-            ``abnormal`` (the truth, 0/1), and
-            ``slices``: a list of dicts with ``image`` (H x W in [0, 1]), ``anomaly_map`` (H x W in [0, 1]),
-            ``label`` (H x W binary truth, or None when unknown) and ``title`` (e.g. which slice it is); a
-            case may give one slice's ``image``, ``anomaly_map`` and ``label`` directly instead.
-        threshold: the mask threshold whose contour is drawn (none when None).
-    """
-    if not cases:
-        raise ValueError("overlay_montage needs at least one case")
-    columns = 2 * max(len(_montage_slices(case)) for case in cases)
-    figure = _new_figure(3.4 * columns, 3.2 * len(cases))
-    for row, case in enumerate(cases):
-        verdict = f" -> {case['decision']}" if case.get("decision") else ""
-        if case.get("abnormal") is not None:
-            verdict += f" (truth: {'abnormal' if case['abnormal'] else 'normal'})"
-        for index, shown in enumerate(_montage_slices(case)):
-            image = np.squeeze(_to_numpy(shown["image"]))
-            anomaly_map = np.squeeze(_to_numpy(shown["anomaly_map"]))
-            label = shown.get("label")
-            label = None if label is None else np.squeeze(_to_numpy(label)) > 0
-            truth_axes, map_axes = (
-                figure.add_subplot(len(cases), columns, row * columns + 2 * index + col + 1) for col in range(2)
-            )
-            for axes in (truth_axes, map_axes):
-                axes.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-                axes.set_axis_off()
-                if label is not None and label.any():
-                    axes.contour(label.astype(float), levels=[0.5], colors="lime", linewidths=1)
-            drawn = map_axes.imshow(anomaly_map, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
-            if threshold is not None and anomaly_map.min() < threshold <= anomaly_map.max():
-                map_axes.contour(anomaly_map, levels=[threshold], colors="white", linewidths=1)
-            figure.colorbar(drawn, ax=map_axes, fraction=0.046, pad=0.02)
-            where = f"{shown['title']}: " if shown.get("title") else ""
-            heading = f"{case['name']}: score {float(case['score']):.3f}{verdict}\n" if index == 0 else ""
-            outline = "no mask given" if label is None else "truth outlined"
-            truth_axes.set_title(f"{heading}{where}{outline}", fontsize=8)
-            contour = f", threshold {threshold:g} contoured" if threshold is not None else ""
-            map_axes.set_title(f"{where}anomaly map (0-1){contour}", fontsize=8)
-    figure.tight_layout()
-    return _save_png(figure, path)

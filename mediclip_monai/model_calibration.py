@@ -18,12 +18,15 @@ network in memory ends as the calibrated best model. Under torchrun, rank 0 alon
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from . import calibration
+from .errors import DataError
 from .io.atomic import atomic_write
 from .metrics import pixel_auroc
 from .networks import MediCLIP, PatchMemoryBank, PatchTokenCache
@@ -32,7 +35,7 @@ from .networks.memory_bank import DEFAULT_MAX_PATCHES, DEFAULT_MAX_SLICES, evenl
 from .precision import FLOAT32, Precision
 from .training import FewShotData
 
-__all__ = ["bank_slice_indices", "branch_maps", "build_memory_bank", "calibrate_model"]
+__all__ = ["bank_slice_indices", "branch_maps", "build_memory_bank", "calibrate_model", "previous_model_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +146,16 @@ def calibrate_model(
     batch_size: int = 8,
     precision: Precision = FLOAT32,
     token_cache: PatchTokenCache | None = None,
-) -> dict:
+    strict: bool = True,
+) -> dict | None:
     """Build the memory bank and the calibration of the model in ``model_path`` and write them into it.
+
+    The thresholds are fitted on normals held out of the shots (``data.held_out``): on the shots themselves
+    the memory bank finds every patch of a normal image in itself, and the thresholds fall so low that
+    normal images come out abnormal. Without held-out normals (a datalist of a single image) the
+    calibration is refused (``strict``, the ``calibrate`` run) or skipped with a warning (end of training:
+    model.pt stays uncalibrated). A model.pt that carries a calibration is kept as ``model.previous.pt``
+    beside it before it is replaced, and the log compares what each was fitted on.
 
     Args:
         network: the training network (its weights are replaced by those of ``model_path``).
@@ -159,14 +170,28 @@ def calibrate_model(
         precision: the precision of training (train.json's ``precision``, from ``amp``).
         token_cache: the run's store of backbone tokens (train.json's ``token_cache``): the shots and
             validation images that training already passed through the frozen backbone are not run again.
+        strict: without held-out normals, raise (True) or leave model.pt as it is with a warning (False).
 
     Returns:
-        The calibration stored (see `mediclip_monai.calibration.calibrate`).
+        The calibration stored (see `mediclip_monai.calibration.calibrate`); None when it was skipped.
 
     Raises:
         CheckpointError: no model.pt, or one of another network (run training first, with the same overrides).
+        DataError: ``strict`` and the validation set holds no normal image held out of the shots.
     """
-    load_state(network, read_model_state(model_path), model_path)
+    state = read_model_state(model_path)
+    if not data.held_out:
+        reason = (
+            "no normal image is held out of the shots (the datalist has a single normal image): thresholds "
+            "fitted on the shot the memory bank is built from would make normal images look abnormal; add "
+            "normal images to the datalist (its 'training' or 'validation' section)"
+        )
+        if strict:
+            raise DataError(f"{model_path}: not calibrated, left as it is: {reason}")
+        logger.warning(f"{model_path}: not calibrated: {reason}; until then give --threshold at inference")
+        return None
+    previous = state["_extra_state"].get("calibration")
+    load_state(network, state, model_path)
     network.eval()
     start = time.perf_counter()
     shots = [data.train[i] for i in bank_slice_indices(data.shot_slices, memory_bank_slices)]
@@ -188,6 +213,8 @@ def calibrate_model(
         "seed": int(seed),
     }
     network.calibration = result
+    if previous is not None:
+        _keep_previous(model_path, previous, result)
     with atomic_write(model_path) as tmp:
         torch.save(network.state_dict(), tmp)
     maps["fused"] = calibration.fused_map(maps["mediclip"], maps["memory_bank"], result["fusion"])
@@ -198,3 +225,30 @@ def calibrate_model(
     logger.info(f"calibrated on {len(images)} validation slices; pixel AUROC {summary}")
     logger.info(f"{model_path}: memory bank and calibration stored; default branch '{result['default_branch']}'")
     return result
+
+
+def previous_model_path(model_path: str) -> str:
+    """Where `calibrate_model` keeps the model.pt it replaces: ``model.previous.pt`` beside it."""
+    root, extension = os.path.splitext(model_path)
+    return f"{root}.previous{extension}"
+
+
+def _keep_previous(model_path: str, previous: dict, result: dict) -> None:
+    """Copy model.pt aside before its calibration is replaced, and say what each was fitted on."""
+    backup = previous_model_path(model_path)
+    with atomic_write(backup) as tmp:
+        shutil.copyfile(model_path, tmp)
+
+    def normals(calibration: dict) -> int:
+        validation = calibration.get("validation", {})
+        return int(validation.get("n_images", 0)) - int(validation.get("n_abnormal", 0))
+
+    before, after = normals(previous), normals(result)
+    message = (
+        f"{model_path}: replacing its calibration (fitted on {before} normal validation slices) with one fitted "
+        f"on {after}; the previous model is kept as {backup} (rename it to model.pt to go back)"
+    )
+    if after < before:
+        logger.warning(f"{message}; the new one rests on fewer normals")
+    else:
+        logger.info(message)

@@ -20,6 +20,8 @@ is not empty".
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import calibration
@@ -108,37 +110,57 @@ def decision_threshold(threshold: float | None, network=None) -> float:
     """The pixel threshold of masks, from the config's ``threshold``.
 
     Args:
-        threshold: an anomaly probability in [0, 1]; ``None``: the threshold calibrated into model.pt for the
-            network's ``anomaly_branch`` (max F1 on the validation pixels).
+        threshold: an anomaly probability in [0, 1]; ``None`` (or the text ``null``): the threshold
+            calibrated into model.pt for the network's ``anomaly_branch`` (max F1 on the validation pixels).
         network: the trained network (where a calibrated threshold is read from).
 
     Raises:
-        ValueError: ``threshold`` is outside [0, 1]; ConfigValueError: ``None`` while the model carries no
-            calibration.
+        ConfigValueError: ``threshold`` is not a number in [0, 1], or it is ``None`` while the model carries
+            no calibration.
     """
-    if threshold is None:
+    value = _config_number(threshold, "threshold", "an anomaly probability between 0 and 1")
+    if value is None:
         return float(_calibrated(network, "pixel_threshold", "threshold"))
-    threshold = float(threshold)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold {threshold} is not an anomaly probability in [0, 1]")
-    return threshold
+    if not 0.0 <= value <= 1.0:
+        raise ConfigValueError(
+            f"--threshold {threshold!r}: must be an anomaly probability between 0 and 1, or null (the model's "
+            "calibrated threshold)"
+        )
+    return value
 
 
 def image_decision_threshold(image_threshold: float | None, network=None, pixel_threshold: float = 0.5) -> float:
     """The image-score threshold of the abnormal/normal decision, from the config's ``image_threshold``.
 
     Args:
-        image_threshold: a score; ``None``: the one calibrated into model.pt for the network's branch
-            (midway between the median scores of normal and synthetic-anomaly validation images), or, for
-            an uncalibrated network, ``pixel_threshold``.
+        image_threshold: a score; ``None`` (or the text ``null``): the one calibrated into model.pt for the
+            network's branch (midway between the median scores of normal and synthetic-anomaly validation
+            images), or, for an uncalibrated network, ``pixel_threshold``.
         network: the trained network.
         pixel_threshold: the mask threshold in use (``decision_threshold``).
+
+    Raises:
+        ConfigValueError: ``image_threshold`` is not a number.
     """
-    if image_threshold is not None:
-        return float(image_threshold)
+    value = _config_number(image_threshold, "image_threshold", "an image score")
+    if value is not None:
+        return value
     if _calibration(network) is None:
         return float(pixel_threshold)
     return float(_calibrated(network, "image_threshold", "image_threshold"))
+
+
+def _config_number(value, key: str, meaning: str) -> float | None:
+    """A threshold of the config as a float; None for null. The command line may give text ('abc', 'null')."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none")):
+        return None
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ConfigValueError(f"--{key} {value!r}: must be {meaning}, or null (the model's calibrated threshold)")
+    return number
 
 
 def _calibration(network) -> dict | None:

@@ -39,24 +39,48 @@ class FewShotData:
     ``train``: dicts {"image": 1 x S x S tensor in [0, 1], "name", "entry", "cache_key"}; ``support_images``:
     the same images, what CutPaste copies from; ``validation``: dicts {"image", "label", "name", "cache_key"}
     (label 1 x S x S binary; ``cache_key`` names the image for `CachedTokenInferer`); ``shot_slices``: per
-    shot, the indices in ``train`` of its slices (one for a 2D shot).
+    shot, the indices in ``train`` of its slices (one for a 2D shot); ``held_out``: whether the validation
+    images are normals held out of the shots (False: the shot itself, when the datalist has a single
+    image; such a set measures fit only, and cannot found a calibration).
     """
 
     train: list[dict]
     validation: list[dict]
     support_images: list[torch.Tensor] = field(repr=False)
     shot_slices: list[list[int]] = field(default_factory=list)
+    held_out: bool = True
 
 
-def _held_out_validation_items(datalist_path: str, training_items: list[dict], shots: list[dict]) -> list[dict]:
-    """Normal images for validation: the datalist's own section, else training images left out of the shots."""
+def _validation_split(
+    datalist_path: str, training_items: list[dict], shots: list[dict], seed: int
+) -> tuple[list[dict], list[dict], bool]:
+    """The shots, the normal images of validation, and whether those are held out of the shots.
+
+    Validation and calibration need normal images the model was not fitted on: the datalist's own
+    ``validation`` section, else training images not drawn as shots (at most `MAX_HELD_OUT_VALIDATION`).
+    When every training image is a shot, a quarter of them (at least one, drawn with ``seed``) is held out
+    instead and the rest are the shots. A single image cannot be split: it validates on itself.
+    """
     try:
-        return load_datalist(datalist_path, "validation")
+        return shots, load_datalist(datalist_path, "validation"), True
     except DataError:
         pass
     chosen = {item["image"] for item in shots}
     rest = [item for item in training_items if item["image"] not in chosen]
-    return rest[:MAX_HELD_OUT_VALIDATION]
+    if rest:
+        return shots, rest[:MAX_HELD_OUT_VALIDATION], True
+    if len(shots) < 2:
+        return shots, [], False
+    kept = sample_k_shot(shots, len(shots) - max(1, len(shots) // 4), seed)
+    kept_images = {item["image"] for item in kept}
+    held_out = [item for item in shots if item["image"] not in kept_images]
+    logger.warning(
+        f"{datalist_path}: every training image is a shot and there is no 'validation' section; "
+        f"{len(held_out)} of the {len(shots)} images are held out as normal validation images (validation and "
+        f"calibration need normals the model was not fitted on), {len(kept)} are shots. Add a 'validation' "
+        "section to train on all of them."
+    )
+    return kept, held_out, True
 
 
 def make_validation_set(
@@ -96,24 +120,29 @@ def prepare_few_shot_data(
 
     Every bad entry is reported in one DataError before any training step runs: shots and validation
     images that are missing, unreadable or of the wrong dimensions, and every other training entry whose
-    file is missing or not an image. Validation uses held-out normal images, never the test section.
+    file is missing or not an image. Validation uses normal images held out of the shots (see
+    `_validation_split`), never the test section.
     """
     training_items = load_datalist(datalist, "training")
     shots = sample_k_shot(training_items, k_shot, seed)
-    validation_items = _held_out_validation_items(datalist, training_items, shots)
+    shots, validation_items, held_out = _validation_split(datalist, training_items, shots, seed)
     read = {item["image"] for item in shots + validation_items}
     # The images not drawn are only checked to be there: reading every file of a large dataset takes long.
     check_entries(shots + validation_items, exist_only=[item for item in training_items if item["image"] not in read])
-    train = load_training_slices(shots, image_size=image_size)
+    slices = load_training_slices(shots + validation_items, image_size=image_size)  # every bad image at once
+    train = [item for item in slices if item["entry"] < len(shots)]
     for index, item in enumerate(train):  # names the slice for the token cache (CachedTokenInferer)
         item["cache_key"] = f"train/{index}"
     if not train:
         raise DataError(f"{datalist}: the {len(shots)} training images hold no slice with foreground.")
     support = [item["image"] for item in train]
-    if validation_items:
-        validation_slices = load_training_slices(validation_items, image_size=image_size)
+    if held_out:
+        validation_slices = [item for item in slices if item["entry"] >= len(shots)]
     else:
-        logger.warning("No held-out normal images: validating on the shots themselves (measures fit only).")
+        logger.warning(
+            f"{datalist}: a single normal image, nothing to hold out: validating on the shot itself, which "
+            "measures fit only; the model will not be calibrated"
+        )
         validation_slices = train
     validation = make_validation_set(validation_slices, support, synthesis_tasks, seed + 1)
     logger.info(
@@ -121,7 +150,13 @@ def prepare_few_shot_data(
         f"{len(validation_items)} held-out images -> {len(validation)} validation cases"
     )
     shot_slices = [[i for i, item in enumerate(train) if item["entry"] == shot] for shot in range(len(shots))]
-    return FewShotData(train=train, validation=validation, support_images=support, shot_slices=shot_slices)
+    return FewShotData(
+        train=train,
+        validation=validation,
+        support_images=support,
+        shot_slices=shot_slices,
+        held_out=held_out,
+    )
 
 
 class NextStepTextFeatures:

@@ -1,5 +1,6 @@
 """User errors and how an uncaught one is shown (mediclip_monai.errors): the reason is the last line."""
 
+import errno
 import json
 import os
 import subprocess
@@ -13,8 +14,10 @@ from mediclip_monai.errors import (
     DataError,
     MediclipError,
     MissingPackageError,
+    OutputError,
     reason_of,
     require_package,
+    writing_into,
 )
 
 # A script that fails the way MONAI's config runner does: the real error wrapped twice.
@@ -74,6 +77,37 @@ def test_reason_is_the_outermost_user_error_else_the_root_cause():
     assert reason is data and is_user
     reason, is_user = reason_of(chained(KeyError("image")))
     assert isinstance(reason, KeyError) and not is_user
+
+
+def test_a_full_or_read_only_disk_is_a_user_error_naming_the_file_and_the_fix():
+    full = OSError(errno.ENOSPC, "No space left on device", "/out/t1/t1_anomaly_map.nii.gz")
+    try:
+        try:
+            raise full
+        except OSError as e:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from e
+    except RuntimeError as wrapper:
+        reason, is_user = reason_of(wrapper)
+    assert is_user and isinstance(reason, OutputError)
+    assert str(reason) == (
+        "/out/t1/t1_anomaly_map.nii.gz: cannot write there (no space left on the device); free some space or give "
+        "a folder on another disk"
+    )
+    # Permission denied may be an input that cannot be read: not taken for a write failure.
+    assert not reason_of(PermissionError(errno.EACCES, "Permission denied", "/data/t1.nii.gz"))[1]
+
+
+def test_writing_into_names_the_folder_what_was_written_and_what_is_kept():
+    with pytest.raises(OutputError) as error:
+        with writing_into("--output_dir /out", "while writing case t1", "the cases before are kept"):
+            raise OSError(errno.EROFS, "Read-only file system", "/out/.t1.tmp-1234")
+    assert str(error.value) == (
+        "--output_dir /out: cannot write there (read-only file system while writing case t1); give a folder you "
+        "can write to; the cases before are kept"
+    )
+    with pytest.raises(PermissionError):  # other errors pass as they are
+        with writing_into("--output_dir /out"):
+            raise PermissionError(errno.EACCES, "Permission denied", "/data/t1.nii.gz")
 
 
 def test_user_error_prints_only_its_message_as_the_last_line():

@@ -1,5 +1,5 @@
 """Metrics: numpy functions against scikit-learn and hand-computed values, Ignite metrics in real engines
-(plain Ignite, MONAI's SupervisedEvaluator, two gloo processes), and the evaluation figures."""
+(plain Ignite, MONAI's SupervisedEvaluator, two gloo processes)."""
 
 import json
 import warnings
@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
-from PIL import Image
 from scipy import ndimage
 from sklearn.metrics import f1_score, roc_auc_score
 
@@ -20,10 +19,8 @@ from mediclip_monai.metrics import (
     PixelDice,
     image_auroc,
     max_f1,
-    overlay_montage,
     pixel_aupro,
     pixel_auroc,
-    plot_roc,
 )
 
 
@@ -259,49 +256,6 @@ def test_ignite_metrics_gather_uneven_shards_across_two_processes(rng):
     for rank in (0, 1):
         assert results[rank][0] == pytest.approx(image)
         assert results[rank][1] == pytest.approx(pixel)
-
-
-# --- figures -----------------------------------------------------------------------------------------
-
-
-def _png_size(path):
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(path) as image:
-        image.verify()
-    with Image.open(path) as image:
-        return image.size
-
-
-def test_plot_roc_writes_a_png(tmp_path, rng):
-    labels = rng.integers(0, 2, 30)
-    path = plot_roc(tmp_path / "eval" / "roc.png", labels, rng.random(30) + 0.3 * labels, title="image AUROC")
-    width, height = _png_size(path)
-    assert width >= 300 and height >= 300
-    assert sorted(p.name for p in path.parent.iterdir()) == ["roc.png"]  # no temp file left
-    # One class only: still a figure, not a crash.
-    _png_size(plot_roc(tmp_path / "one.png", np.zeros(5), rng.random(5)))
-
-
-def test_overlay_montage_has_one_row_per_case(tmp_path, rng):
-    def case(name, label):
-        return {
-            "name": name,
-            "image": rng.random((32, 32)),
-            "anomaly_map": rng.random((32, 32)),
-            "label": label,
-            "score": 0.73,
-        }
-
-    label = np.zeros((32, 32))
-    label[10:20, 12:18] = 1
-    one = overlay_montage(tmp_path / "one.png", [case("a", label)])
-    three = overlay_montage(tmp_path / "three.png", [case("a", label), case("b", None), case("c", np.zeros((32, 32)))])
-    width1, height1 = _png_size(one)
-    width3, height3 = _png_size(three)
-    assert width1 >= 600 and height1 >= 200
-    assert width3 == width1 and height3 == pytest.approx(3 * height1, rel=0.05)
-    with pytest.raises(ValueError):
-        overlay_montage(tmp_path / "none.png", [])
 
 
 def test_pooled_dice_and_image_accuracy_at_a_threshold():

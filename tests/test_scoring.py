@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from mediclip_monai.errors import ConfigValueError
 from mediclip_monai.scoring import (
     anomaly_mask,
     case_score,
@@ -37,11 +38,21 @@ def test_mask_and_decision_use_the_threshold_inclusively():
 
 
 def test_decision_threshold_checks_the_config_value():
-    assert decision_threshold(0.3) == 0.3
-    with pytest.raises(ValueError, match="calibrated threshold"):
+    assert decision_threshold(0.3) == 0.3 and decision_threshold("0.3") == 0.3
+    with pytest.raises(ConfigValueError, match="calibrated threshold"):
         decision_threshold(None)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    with pytest.raises(ConfigValueError, match="--threshold 1.5: must be an anomaly probability between 0 and 1"):
         decision_threshold(1.5)
+    # The command line passes what it cannot read as a number as text: named by its key, not a float() error.
+    with pytest.raises(ConfigValueError, match="--threshold 'abc': must be an anomaly probability between 0 and 1"):
+        decision_threshold("abc")
+    with pytest.raises(ConfigValueError, match="--image_threshold 'abc': must be an image score, or null"):
+        image_decision_threshold("abc")
+    with pytest.raises(ConfigValueError, match="--image_threshold True: must be an image score"):
+        image_decision_threshold(True)
+    # "null" as typed after the README is the default, the calibrated threshold.
+    with pytest.raises(ConfigValueError, match="calibrated threshold"):
+        decision_threshold("null")
 
 
 class Calibrated:

@@ -41,6 +41,7 @@ from monai.transforms import LoadImage, Resize
 
 from mediclip_monai.data.dicom import scan_dicom_series
 from mediclip_monai.errors import DataError, format_problems
+from mediclip_monai.quiet_logs import quiet_reader_setup
 
 __all__ = [
     "DICOM_SUFFIXES",
@@ -81,7 +82,8 @@ def _load(path: Path, reader) -> MetaTensor:
     """MONAI's LoadImage with one given reader, whose own errors then reach the caller."""
     global _LOADER
     if _LOADER is None:  # built once: LoadImage() instantiates every reader MONAI knows
-        _LOADER = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+        with quiet_reader_setup():
+            _LOADER = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
     # A reader given at call time is used directly; LoadImage's own fallback chain would hide its error.
     return _LOADER(str(path), reader=reader)
 
@@ -514,7 +516,7 @@ def _as_volume(volume) -> MetaTensor:
 
 
 def volume_to_slices(volume, min_foreground: float = 0.05) -> list[tuple[int, MetaTensor]]:
-    """Cut a volume into radiological axial 2D slices, skipping near-empty ones.
+    """Cut a volume into radiological axial 2D slices, skipping near-empty ones (a 2D image is one slice).
 
     Slices are taken across `axial_axis` of the volume's affine and turned into the display view
     described in the module docstring (rows anterior -> posterior, columns patient right -> left).
@@ -524,7 +526,8 @@ def volume_to_slices(volume, min_foreground: float = 0.05) -> list[tuple[int, Me
 
     Args:
         volume: ``(1, H, W, D)`` MetaTensor (a tensor/array without meta counts as identity affine),
-            or a ``(1, H, W)`` 2D image, which is returned as ``[(0, image)]`` unchanged.
+            or a ``(1, H, W)`` 2D image, which is returned as ``[(0, image)]`` unchanged when it passes the
+            same foreground test as a slice (an all-zero or constant image does not).
         min_foreground: keep a slice only when at least this fraction of its pixels is foreground
             (scaled intensity > 0.1); 0 keeps every slice.
 
@@ -533,7 +536,8 @@ def volume_to_slices(volume, min_foreground: float = 0.05) -> list[tuple[int, Me
     """
     vol = _as_volume(volume)
     if vol.ndim == 3:
-        return [(0, vol)]
+        foreground = float(np.mean(np.asarray(scale_intensity(vol.detach().cpu().numpy()) > _FOREGROUND_LEVEL)))
+        return [(0, vol)] if foreground >= min_foreground else []
     if vol.ndim != 4:
         raise ValueError(f"volume_to_slices expects (C, H, W) or (C, H, W, D), got shape {tuple(vol.shape)}")
     affine = vol.affine
@@ -669,8 +673,9 @@ def load_training_slices(
     """Load normal images as the 2D training/validation inputs of the model.
 
     For each entry: `read_image`, `scale_intensity` to [0, 1] (over the whole image or volume),
-    `volume_to_slices` (2D images give one slice; volume slices with too little foreground are
-    skipped), then a bilinear resize to ``image_size x image_size`` (MONAI `Resize`, no anti-aliasing).
+    `volume_to_slices` (2D images give one slice; slices with too little foreground are skipped, so an
+    empty or constant image, 2D or 3D, is refused), then a bilinear resize to ``image_size x image_size``
+    (MONAI `Resize`, no anti-aliasing).
 
     Args:
         items: datalist entries with an ``"image"`` path (e.g. the k-shot training entries).
@@ -699,7 +704,11 @@ def load_training_slices(
             continue
         slices = volume_to_slices(img, min_foreground=min_foreground)
         if not slices:
-            problems.append(f"{path}: no slice has at least {min_foreground:.0%} foreground")
+            what = "the image has" if img.ndim == 3 else "every slice has"
+            problems.append(
+                f"{path}: {what} less than {min_foreground:.0%} foreground (empty, constant or nearly black); "
+                "give normal scans that show the anatomy"
+            )
             continue
         name = case_name(path)
         for k, plane in slices:

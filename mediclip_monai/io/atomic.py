@@ -14,6 +14,8 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import output_error
+
 # Compression suffixes that only make sense together with the suffix before them (".nii.gz").
 _COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst"}
 
@@ -61,6 +63,25 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # never created (e.g. a read-only folder): nothing to clean
             tmp.unlink()
         raise
+
+
+def require_writable(folder: str | os.PathLike, key: str) -> None:
+    """Create ``folder`` (and its parents) and prove that a file can be written in it, before any work.
+
+    Args:
+        folder: the output folder.
+        key: its config key, for the message (``"--output_dir"``).
+
+    Raises:
+        OutputError: ``"<key> <folder>: cannot write there (<reason>); <fix>"``.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = temporary_sibling(Path(folder) / "write-probe")
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as error:
+        raise output_error(f"{key} {folder}", error) from error

@@ -39,6 +39,7 @@ from monai.transforms import MapTransform
 
 from ..data.cases import Case
 from ..engines import describe_failure
+from ..errors import OutputError, reason_of, writing_into
 from .atomic import atomic_write
 from .writers import (
     write_anomaly_map,
@@ -64,6 +65,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_SUFFIX = "_case.json"
 SCORES_FILE = "scores.csv"
 CASES_FILE = "cases.json"
+RESUME_HINT = "the cases written before are complete: run the same command again to go on"
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -189,8 +191,9 @@ class BackgroundWrites:
 
     Compression and file writing release the GIL, so they overlap the next case's reading and inference. At
     most ``workers + 1`` cases wait or are being written (each holds its map and mask in memory); a further
-    `submit` waits for a slot. `wait` (the engine's end: ``handlers.CaseIndexHandler``) returns once every
-    write is done, with the failures.
+    `submit` waits for a slot. A case whose writing failed is a failure of that case, reported by `wait` (the
+    engine's end: ``handlers.CaseIndexHandler``); an output folder that is full or read-only
+    (``errors.OutputError``) is no case's fault and stops the run: the next `submit`, or `wait`, raises it.
 
     Args:
         workers: writer threads; 0 writes in the calling thread (as a plain transform would).
@@ -202,8 +205,9 @@ class BackgroundWrites:
         self._slots = threading.BoundedSemaphore(self.workers + 1)
         self._pending: list[tuple[str, Future]] = []
 
-    def submit(self, source: str, write: Callable[[], None]) -> None:
+    def submit(self, source: str, write: Callable[[], object]) -> None:
         """Run ``write`` (the outputs of the case of ``source``) in a writer thread, or now without threads."""
+        self._raise_output_error(done_only=True)
         if self._executor is None:
             write()
             return
@@ -214,13 +218,21 @@ class BackgroundWrites:
 
     def wait(self) -> list[str]:
         """Wait for every write submitted; ``"<source>: <reason>"`` for each that failed."""
-        failures = []
-        for source, future in self._pending:
-            error = future.exception()
-            if error is not None:
-                failures.append(describe_failure(source, error))
+        self._raise_output_error(done_only=False)
+        failures = [
+            describe_failure(source, future.exception()) for source, future in self._pending if future.exception()
+        ]
         self._pending = []
         return failures
+
+    def _raise_output_error(self, done_only: bool) -> None:
+        for _, future in self._pending:
+            if done_only and not future.done():
+                continue
+            error = future.exception()
+            if error is not None and isinstance(reason_of(error)[0], OutputError):
+                self._pending = []
+                raise error
 
 
 class SaveCaseOutputsd(MapTransform):
@@ -240,7 +252,7 @@ class SaveCaseOutputsd(MapTransform):
         name_key, source_key: the case's name and its image file or DICOM series folder.
         writes: where the writing runs (`BackgroundWrites`, whose ``wait`` reports failures); None: now.
 
-    The case's ``score``, ``max_slice``, ``threshold``, ``image_threshold``, ``abnormal`` and ``decision``
+    The case's ``score``, ``max_slice``, ``threshold``, ``image_threshold`` and ``decision``
     (``AnomalyScored``) go into the manifest. Sets ``case_folder`` and ``name`` (the folder written and the
     name it got; with ``writes``, the one it is meant to get).
     """
@@ -264,7 +276,7 @@ class SaveCaseOutputsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         name, source = str(d[self.name_key]), str(d[self.source_key])
-        # on the CPU now: the arrays a writer thread gets must not depend on the device staying free
+        # on the CPU now: a writer thread must not depend on the device or on the engine's tensors
         anomaly_map = np.asarray(d[self.keys[0]][0].detach().cpu(), dtype=np.float32)
         mask = np.asarray(d[self.mask_key][0].detach().cpu(), dtype=np.uint8)
         affine = np.asarray(d[self.keys[0]].affine.cpu(), dtype=np.float64)
@@ -275,11 +287,10 @@ class SaveCaseOutputsd(MapTransform):
             "max_slice": d.get("max_slice"),
             "threshold": float(d["threshold"]),
             "image_threshold": float(d["image_threshold"]),
-            "abnormal": int(d["abnormal_decision"]),
             "decision": d["decision"],
             **self.identity,
         }
-        write = partial(self._write_case, name, source, anomaly_map, mask, affine, manifest)
+        write = partial(self._write, name, source, anomaly_map, mask, affine, manifest)
         if self.writes is None:
             name = write()
         else:  # the name it gets is known once written (a concurrent run may take this one meanwhile)
@@ -287,28 +298,31 @@ class SaveCaseOutputsd(MapTransform):
         d[self.name_key], d["case_folder"] = name, str(self.output_dir / name)
         return d
 
-    def _write_case(self, name: str, source: str, anomaly_map, mask, affine, manifest: dict) -> str:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        staging = self.output_dir / f".{name}.tmp-{secrets.token_hex(4)}"
-        staging.mkdir()
-        try:
-            files = {
-                "anomaly_map": f"{name}_anomaly_map.nii.gz",
-                "anomaly_mask": f"{name}_anomaly_mask.nii.gz",
-                "segmentation": f"{name}_anomaly.seg.nrrd",
-            }
-            write_anomaly_map(staging / files["anomaly_map"], anomaly_map, affine)
-            write_anomaly_mask(staging / files["anomaly_mask"], mask, affine)
-            write_slicer_segmentation(staging / files["segmentation"], mask, affine)
-            if os.path.isdir(source) and mask.ndim == 3:
-                files["dicom_seg"] = f"{name}_anomaly_seg.dcm"
-                write_dicom_seg(staging / files["dicom_seg"], mask, source, affine=affine)
-            manifest["outputs"] = list(files.values())
-            _write_manifest(staging, name, manifest)
-            return _commit(staging, self.output_dir, name, manifest)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    def _write(self, name: str, source: str, anomaly_map, mask, affine, manifest: dict) -> str:
+        """Stage the case's outputs and manifest, then move them into place; returns the name it got.
+
+        A full or read-only folder is no case's fault: it stops the run (``errors.OutputError``)."""
+        with writing_into(f"--output_dir {self.output_dir}", f"while writing case {name}", RESUME_HINT):
+            staging = self.output_dir / f".{name}.tmp-{secrets.token_hex(4)}"
+            try:
+                staging.mkdir(parents=True)
+                files = {
+                    "anomaly_map": f"{name}_anomaly_map.nii.gz",
+                    "anomaly_mask": f"{name}_anomaly_mask.nii.gz",
+                    "segmentation": f"{name}_anomaly.seg.nrrd",
+                }
+                write_anomaly_map(staging / files["anomaly_map"], anomaly_map, affine)
+                write_anomaly_mask(staging / files["anomaly_mask"], mask, affine)
+                write_slicer_segmentation(staging / files["segmentation"], mask, affine)
+                if os.path.isdir(source) and mask.ndim == 3:
+                    files["dicom_seg"] = f"{name}_anomaly_seg.dcm"
+                    write_dicom_seg(staging / files["dicom_seg"], mask, source, affine=affine)
+                manifest = {**manifest, "outputs": list(files.values())}
+                _write_manifest(staging, name, manifest)
+                return _commit(staging, self.output_dir, name, manifest)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
 
 
 def rebuild_index(output_dir: str | os.PathLike) -> list[dict]:

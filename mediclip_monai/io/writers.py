@@ -430,18 +430,19 @@ def _shortest(value) -> str:
 
 
 def write_scores_csv(path: str | os.PathLike, rows: Iterable[Mapping]) -> Path:
-    """Write the run's per-case scores as CSV: ``name,score,max_slice,threshold,image_threshold,abnormal``.
+    """Write the run's per-case scores as CSV: ``name,score,max_slice,decision,threshold,image_threshold``.
 
     Args:
         rows: dicts with ``name``, ``score`` (the image anomaly score, by the model's rule), ``max_slice``
             (index of the slice holding it for 3D inputs; ``None`` or ``""`` for 2D, written as an empty
-            field) and, when known, ``threshold`` (the mask threshold used), ``image_threshold`` (the
-            decision threshold used) and ``abnormal`` (1 when the score reaches the image threshold, else 0).
+            field) and, when known, ``decision`` (the model's verdict, ``abnormal`` when the score reaches
+            the image threshold, else ``normal``), ``threshold`` (the mask threshold used) and
+            ``image_threshold`` (the decision threshold used).
     """
     path = Path(path)
     with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["name", "score", "max_slice", "threshold", "image_threshold", "abnormal"])
+        writer.writerow(["name", "score", "max_slice", "decision", "threshold", "image_threshold"])
         for row in rows:
             max_slice = row.get("max_slice")
             writer.writerow(
@@ -449,9 +450,9 @@ def write_scores_csv(path: str | os.PathLike, rows: Iterable[Mapping]) -> Path:
                     row["name"],
                     _shortest(row["score"]),
                     "" if max_slice is None or max_slice == "" else int(max_slice),
+                    row.get("decision") or "",
                     "" if row.get("threshold") is None else _shortest(row["threshold"]),
                     "" if row.get("image_threshold") is None else _shortest(row["image_threshold"]),
-                    "" if row.get("abnormal") is None else int(row["abnormal"]),
                 ]
             )
     return path

@@ -17,11 +17,17 @@ import torch
 from ..errors import MediclipError
 from .mediclip import CheckpointMismatchError, MediCLIP
 
-__all__ = ["CheckpointError", "load_mediclip", "read_model_state"]
+__all__ = ["CheckpointError", "load_mediclip", "read_model_state", "require_model_file"]
 
 
 class CheckpointError(MediclipError, ValueError):
     """model.pt is missing, unreadable, or not one this network can use; the message names the file."""
+
+
+def require_model_file(ckpt_path: str) -> None:
+    """Raise the "train first" `CheckpointError` when there is no model.pt at ``ckpt_path``."""
+    if not os.path.isfile(ckpt_path):
+        raise CheckpointError(f"{ckpt_path}: no trained model here; train first (see README) or set --ckpt_dir.")
 
 
 def read_model_state(ckpt_path: str) -> dict:
@@ -30,8 +36,7 @@ def read_model_state(ckpt_path: str) -> dict:
     Raises:
         CheckpointError: no such file, a truncated or foreign file, or no MediCLIP identity inside.
     """
-    if not os.path.isfile(ckpt_path):
-        raise CheckpointError(f"{ckpt_path}: no trained model here; train first (see README) or set --ckpt_dir.")
+    require_model_file(ckpt_path)
     try:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

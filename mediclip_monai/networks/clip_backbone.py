@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigValueError
+from ..quiet_logs import quiet_open_clip
 from .weights import (
     TINY_MODEL_NAME,
     ClipCheckpointError,
@@ -72,11 +73,13 @@ def create_clip_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_BACKBONE_SEED)
         try:
-            model = open_clip.create_model(clip_model, pretrained=pretrained, force_quick_gelu=quick_gelu)
+            with quiet_open_clip():
+                model = open_clip.create_model(clip_model, pretrained=pretrained, force_quick_gelu=quick_gelu)
         except Exception as error:
             if not clip_checkpoint:
                 raise
-            reference = open_clip.create_model(clip_model, pretrained=None, force_quick_gelu=quick_gelu)
+            with quiet_open_clip():
+                reference = open_clip.create_model(clip_model, pretrained=None, force_quick_gelu=quick_gelu)
             explained = explain_checkpoint_failure(clip_checkpoint, clip_model, clip_pretrained, reference.state_dict())
             if explained is None:
                 raise

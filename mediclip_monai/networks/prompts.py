@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
+from ..quiet_logs import quiet_open_clip
+
 NORMAL_PHRASES = (
     "normal",
     "healthy",
@@ -225,4 +227,5 @@ def _forget_text_features(module: PromptLearner, incompatible_keys) -> None:
 
 def build_tokenizer(clip_model: str):
     """open_clip's tokenizer for the model (CLIP's BPE tokenizer ships inside open_clip: no download)."""
-    return open_clip.get_tokenizer(clip_model)
+    with quiet_open_clip():
+        return open_clip.get_tokenizer(clip_model)

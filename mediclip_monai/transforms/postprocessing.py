@@ -21,6 +21,7 @@ from monai.utils import convert_to_dst_type
 from ..data.loading import axial_axis
 from ..errors import DataError
 from ..scoring import anomaly_mask, case_score, decision
+from .preprocessing import to_source_grid
 
 __all__ = ["AnomalyScored", "AnomalyTruthd", "SplitBranchesd"]
 
@@ -37,6 +38,10 @@ class AnomalyScored(MapTransform):
             (``scoring.image_decision_threshold``); None: ``threshold``.
         score_rule: the image-score rule (``scoring.image_score_rule`` of the network); None: the map's maximum.
         image_key: the case's image scaled to [0, 1] on the map's grid (a calibrated rule's foreground).
+        source_image_key: for a map on the model grid (evaluation, ``ModelGridd``): the case's image on its
+            own grid. The score (and its slice) is then taken on the map brought back onto that grid
+            (``to_source_grid``), as inference writes it, so that a case scores the same in evaluation as in
+            inference; the mask stays on the map's grid.
         mask_key: where the uint8 mask goes (same shape and metadata as the map).
         prefix: put before every key written (``"fused_"``: ``fused_mask``, ``fused_score``, ...), so several
             maps of one case can be scored side by side.
@@ -54,6 +59,7 @@ class AnomalyScored(MapTransform):
         image_threshold: float | None = None,
         score_rule: Mapping | None = None,
         image_key: str = "image",
+        source_image_key: str | None = None,
         mask_key: str = "mask",
         prefix: str = "",
         allow_missing_keys=False,
@@ -64,17 +70,22 @@ class AnomalyScored(MapTransform):
         self.threshold = float(threshold)
         self.image_threshold = self.threshold if image_threshold is None else float(image_threshold)
         self.score_rule = None if score_rule is None else dict(score_rule)
-        self.image_key, self.mask_key, self.prefix = image_key, mask_key, prefix
+        self.image_key, self.source_image_key = image_key, source_image_key
+        self.mask_key, self.prefix = mask_key, prefix
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            anomaly_map = d[key]
+            anomaly_map, image = d[key], d.get(self.image_key)
+            scored = anomaly_map
+            if self.source_image_key is not None:
+                image = d[self.source_image_key]
+                scored = to_source_grid(anomaly_map, image)
             axis = None
-            if anomaly_map.ndim == 4:
-                axis = axial_axis(anomaly_map.affine if isinstance(anomaly_map, MetaTensor) else torch.eye(4))
-            image = d.get(self.image_key) if self.score_rule is not None else None
-            score, index = case_score(anomaly_map[0], None if image is None else image[0], self.score_rule, axis)
+            if scored.ndim == 4:
+                axis = axial_axis(scored.affine if isinstance(scored, MetaTensor) else torch.eye(4))
+            image = image if self.score_rule is not None else None
+            score, index = case_score(scored[0], None if image is None else image[0], self.score_rule, axis)
             verdict = decision(score, self.image_threshold)
             d[self.prefix + self.mask_key] = anomaly_mask(anomaly_map, self.threshold)
             d.update(
@@ -128,9 +139,10 @@ class AnomalyTruthd(MapTransform):
         abnormal_key: the datalist's image label (0 normal, 1 abnormal; optional when a mask is given).
         map_key: the anomaly map, whose shape an all-normal mask takes.
         image_truth_key: where the image label goes (0 or 1).
+        mask_given_key: where whether the case came with a mask goes (1 or 0).
 
-    A normal image without a mask gets an all-normal mask (it counts in the pixel metrics); an abnormal
-    image without a mask keeps none (it counts in the image metrics only).
+    A normal image without a mask gets an all-normal mask (it counts in the pixel metrics; ``mask_given_key``
+    still says 0); an abnormal image without a mask keeps none (it counts in the image metrics only).
 
     Raises:
         DataError: the case has neither ``abnormal`` nor a mask.
@@ -142,9 +154,11 @@ class AnomalyTruthd(MapTransform):
         abnormal_key: str = "abnormal",
         map_key: str = "pred",
         image_truth_key: str = "image_truth",
+        mask_given_key: str = "has_mask",
     ):
         super().__init__(keys, allow_missing_keys=True)
         self.abnormal_key, self.map_key, self.image_truth_key = abnormal_key, map_key, image_truth_key
+        self.mask_given_key = mask_given_key
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -156,6 +170,7 @@ class AnomalyTruthd(MapTransform):
                     raise DataError(f"{d.get('source', '?')}: test entry has neither 'abnormal' nor 'label'")
                 abnormal = bool(torch.as_tensor(mask).any())
             abnormal = int(bool(torch.as_tensor(abnormal).reshape(-1)[0]))
+            d[self.mask_given_key] = int(mask is not None)
             if mask is None and abnormal == 0:
                 mask = convert_to_dst_type(torch.zeros_like(torch.as_tensor(d[self.map_key])), d[self.map_key])[0]
             d[key] = mask

@@ -5,7 +5,7 @@
 - ``ScaleIntensityRobustd``: intensities to [0, 1] by the 0.5th-99.5th percentiles, as in training.
 - ``BinariseMaskd``: a truth mask to 0/1, saying how soft or multi-valued masks are binarised.
 - ``ModelGridd``: a case on the grid of MediCLIP's evaluation protocol, every axial slice at the
-  network's input size.
+  network's input size; ``to_source_grid`` brings a map on that grid back onto the case's own grid.
 - ``ClipInput`` / ``ClipInputd``: 1-channel [0, 1] images to the network's 3-channel normalised input;
   the mean and std come from the network (``MediCLIP.input_contract``), used by training,
   inference, evaluation and the benchmarks alike.
@@ -24,7 +24,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
 
-from ..data.loading import read_image, scale_intensity, volume_to_views
+from ..data.loading import read_image, scale_intensity, views_to_volume, volume_to_views
 from ..errors import DataError
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "ModelGridd",
     "ReadImaged",
     "ScaleIntensityRobustd",
+    "to_source_grid",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ class ReadImaged(MapTransform):
 
     The value becomes a ``(1, H, W)`` or ``(1, H, W, D)`` float32 MetaTensor on the image's own voxel
     grid, with MONAI's RAS affine and the path as ``filename_or_obj``. Unreadable input raises
-    ``DataError("<path>: <reason>")``.
+    ``DataError("<path>: <reason>")``; for another key than ``image`` (a case's ``label``), the message
+    starts with the key and ends with where to fix it.
 
     Args:
         keys: keys holding paths.
@@ -62,7 +64,12 @@ class ReadImaged(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = read_image(d[key])
+            try:
+                d[key] = read_image(d[key])
+            except DataError as error:
+                if key == "image":
+                    raise
+                raise DataError(f"'{key}' {error} (the '{key}' of its datalist entry)") from error
         return d
 
 
@@ -110,9 +117,8 @@ class BinariseMaskd(MapTransform):
             where = mask.meta.get("filename_or_obj", key) if isinstance(mask, MetaTensor) else key
             reference = d.get(self.reference_key)
             if reference is not None and tuple(reference.shape[1:]) != tuple(mask.shape[1:]):
-                raise DataError(
-                    f"{where}: mask shape {tuple(mask.shape[1:])} differs from the image's {tuple(reference.shape[1:])}"
-                )
+                shapes = f"{tuple(mask.shape[1:])} differs from the image's {tuple(reference.shape[1:])}"
+                raise DataError(f"{where}: mask shape {shapes}; give the mask drawn on this image")
             d[key] = self._binarise(mask, where)
         return d
 
@@ -181,6 +187,27 @@ class ModelGridd(MapTransform):
             else:
                 d[key] = MetaTensor(views.permute(1, 2, 3, 0).contiguous(), affine=MODEL_GRID_AFFINE, meta=meta)
         return d
+
+
+def to_source_grid(model_map: torch.Tensor, reference: torch.Tensor) -> MetaTensor:
+    """A map on the model grid (``ModelGridd``'s) brought back onto the grid of ``reference``, the case's own
+    image, the way ``inferers.SliceWiseInferer`` brings the network's maps back: every axial view resized
+    bilinearly (corners not aligned) to the reference's view, clamped to [0, 1].
+
+    Args:
+        model_map: ``(C, S, S, D)`` map with ``MODEL_GRID_AFFINE``, or a ``(C, S, S)`` 2D map.
+        reference: the case's ``(1, H, W, D)`` MetaTensor (its affine gives the axial axis) or ``(1, H, W)`` image.
+
+    Returns:
+        ``(C, H, W[, D])`` float32 MetaTensor with the reference's affine.
+    """
+    affine = reference.affine if reference.ndim == 4 else None
+    rows_cols = tuple(volume_to_views(reference, affine).shape[-2:])
+    views = volume_to_views(model_map, MODEL_GRID_AFFINE if model_map.ndim == 4 else None).float()
+    if tuple(views.shape[-2:]) != rows_cols:
+        views = F.interpolate(views, size=rows_cols, mode="bilinear", align_corners=False)
+    values = views_to_volume(views.clamp(0, 1), affine)
+    return MetaTensor(values, affine=reference.affine if isinstance(reference, MetaTensor) else None)
 
 
 class ClipInput(Transform):

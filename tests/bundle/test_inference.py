@@ -83,7 +83,7 @@ def test_oblique_anisotropic_nifti_map_and_mask_keep_shape_and_affine(trained, t
     pixel, image = calibration["pixel_threshold"]["fused"], calibration["image_threshold"]["fused"]
     assert float(rows[0]["threshold"]) == pytest.approx(pixel)
     assert float(rows[0]["image_threshold"]) == pytest.approx(image)
-    assert int(rows[0]["abnormal"]) == int(float(rows[0]["score"]) >= image)
+    assert rows[0]["decision"] == ("abnormal" if float(rows[0]["score"]) >= image else "normal")
     data, header = nrrd.read(str(case / "oblique_anomaly.seg.nrrd"))
     assert header["Segment0_Name"] == "anomaly"
     mask = nib.load(str(case / "oblique_anomaly_mask.nii.gz")).get_fdata()
@@ -202,9 +202,16 @@ def test_bad_cases_reported_good_cases_written_and_exit_nonzero(trained, tmp_pat
         timeout=300,
     )
     assert result.returncode != 0
-    output = result.stdout + result.stderr
-    for bad in ("corrupt.nii.gz", "notes.png", "empty_folder", "four_d.nii.gz"):
-        assert bad in output
+    # The run ends with its summary, no traceback: one line per bad case, naming its file and the reason.
+    assert "Traceback" not in result.stdout + result.stderr
+    summary = result.stderr.rstrip().splitlines()[-5:]
+    assert summary[0] == "error: 4 of 5 case(s) failed:", result.stderr[-3000:]
+    reasons = {line.split(": ", 1)[0].strip(): line.split(": ", 1)[1] for line in summary[1:]}
+    assert sorted(reasons) == sorted(
+        str(inputs / bad) for bad in ("corrupt.nii.gz", "notes.png", "empty_folder", "four_d.nii.gz")
+    )
+    assert reasons[str(inputs / "four_d.nii.gz")].endswith("give a single 2D or 3D image")
+    assert reasons[str(inputs / "corrupt.nii.gz")].startswith("not a readable NIfTI image")
     assert (tmp_path / "out" / "good" / "good_anomaly_map.nii.gz").exists()
     assert [r["name"] for r in csv.DictReader(open(tmp_path / "out" / "scores.csv"))] == ["good"]
     leftovers = [p for p in glob.glob(str(tmp_path / "out" / "**" / "*"), recursive=True) if ".tmp" in p]
@@ -242,7 +249,7 @@ def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, d
         assert (eval_dir / name).stat().st_size > 0
     metrics = json.load(open(eval_dir / "metrics.json"))
     cases = list(csv.DictReader(open(eval_dir / "cases.csv")))
-    labels = [int(c["abnormal"]) for c in cases]
+    labels = [int(c["truth"] == "abnormal") for c in cases]
     scores = [float(c["score"]) for c in cases]
     assert metrics["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-4)
     # pixel AUROC against scikit-learn on maps known without the code under test: see
@@ -265,6 +272,74 @@ def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, d
     decisions = [int(c["decision"] == "abnormal") for c in cases]
     accuracy = np.mean([d == t for d, t in zip(decisions, labels)])
     assert branches["fused"]["image_accuracy"] == pytest.approx(accuracy)
+
+
+@pytest.mark.slow
+def test_inference_and_evaluation_give_a_case_one_score_in_one_vocabulary(trained, tmp_path):
+    # Off the model grid on purpose (evaluation maps on 224 x 224 slices, inference writes the case's grid).
+    nib.save(nib.Nifti1Image(brain_like_volume((30, 26, 6)), oblique_affine()), str(tmp_path / "volume.nii.gz"))
+    mask = np.zeros((30, 26, 6), np.uint8)
+    mask[10:16, 8:14, 2:4] = 1
+    nib.save(nib.Nifti1Image(mask, oblique_affine()), str(tmp_path / "volume_mask.nii.gz"))
+    for name in ("normal_no_mask", "abnormal_no_mask"):
+        nib.save(nib.Nifti1Image(brain_like_volume((40, 34)), np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    test = [
+        {"image": "volume.nii.gz", "label": "volume_mask.nii.gz", "abnormal": 1},
+        {"image": "normal_no_mask.nii.gz", "abnormal": 0},
+        {"image": "abnormal_no_mask.nii.gz", "abnormal": 1},
+    ]
+    (tmp_path / "datalist.json").write_text(json.dumps({"test": test}))
+    infer(trained, tmp_path / "datalist.json", tmp_path / "inferred", num_workers=0)
+    run_workflow(
+        [TRAIN, EVALUATE],
+        run_id="evaluating",
+        bundle_root=os.path.join(REPO, "bundle"),
+        ckpt_dir=trained,
+        datalist=str(tmp_path / "datalist.json"),
+        output_dir=str(tmp_path / "evaluated"),
+        device="cpu",
+        num_workers=0,
+    )
+    scores_csv = tmp_path / "inferred" / "scores.csv"
+    cases_csv = tmp_path / "evaluated" / "eval" / "cases.csv"
+    # The columns both files have come first, under the same names; "abnormal" is a value, never a column.
+    assert scores_csv.read_text().splitlines()[0] == "name,score,max_slice,decision,threshold,image_threshold"
+    assert cases_csv.read_text().splitlines()[0] == "name,score,max_slice,decision,truth,has_mask"
+    inferred = {row["name"]: row for row in csv.DictReader(open(scores_csv))}
+    evaluated = {row["name"]: row for row in csv.DictReader(open(cases_csv))}
+    assert sorted(inferred) == sorted(evaluated) == ["abnormal_no_mask", "normal_no_mask", "volume"]
+    for name, row in evaluated.items():
+        assert float(row["score"]) == float(inferred[name]["score"]), name  # the same number, to the last bit
+        assert (row["max_slice"], row["decision"]) == (inferred[name]["max_slice"], inferred[name]["decision"])
+        assert row["decision"] in ("abnormal", "normal")
+    assert {name: (row["truth"], row["has_mask"]) for name, row in evaluated.items()} == {
+        "volume": ("abnormal", "1"),
+        "normal_no_mask": ("normal", "0"),  # counted as all normal in the pixel metrics, but no mask was given
+        "abnormal_no_mask": ("abnormal", "0"),
+    }
+
+
+@pytest.mark.slow
+def test_an_inference_run_prints_only_what_is_true_and_useful(trained, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("a", "b"):
+        nib.save(nib.Nifti1Image(brain_like_volume((20, 16, 4)), np.eye(4)), str(inputs / f"{name}.nii.gz"))
+    args = ["-m", "monai.bundle", "run", "--config_file", INFERENCE, "--input", str(inputs), "--ckpt_dir", trained]
+    args += ["--output_dir", str(tmp_path / "out"), "--device", "cpu", "--num_workers", "2"]
+    result = cli([*args, "--clip_model", "ViT-B-16"], timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    # What was loaded, said once: a trained model, not a randomly initialised one.
+    model = os.path.join(trained, "model.pt")
+    assert f"model {model}: backbone mediclip-tiny (clip_pretrained none), fused map, calibrated" in output
+    assert "initialized randomly" not in output and "Parsing model identifier" not in output
+    assert "Model mediclip-tiny creation process complete" not in output and "SimpleTokenizer" not in output
+    # The optional GPU decoder is nobody's business here, in any of the reading processes.
+    assert "nvImageCodec" not in output and "NvImgCodec" not in output
+    # A key inference does not use, echoed by MONAI's input summary, is said to be unused.
+    assert "--clip_model ViT-B-16 is not used: inference runs the backbone model.pt was trained on" in output
+    assert "2 case(s) listed in scores.csv, 0 failed in this run" in output
 
 
 def test_a_folder_of_nifti_files_is_one_case_per_file_and_a_series_folder_is_one_case(tmp_path):

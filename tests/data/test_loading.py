@@ -270,10 +270,13 @@ def test_slices_to_volume_fills_skipped_slices():
     assert back[..., 0].sum() == 0 and back[..., 4].sum() == 0 and back[..., 2].min() == 1
 
 
-def test_2d_image_is_one_slice():
+def test_2d_image_is_one_slice_unless_it_is_empty_or_constant_like_a_volume_slice():
     img = MetaTensor(torch.rand(1, 5, 6))
     ((k, s),) = volume_to_slices(img)
     assert k == 0 and s is img
+    for blank in (torch.zeros(1, 5, 6), torch.full((1, 5, 6), 128.0)):
+        assert volume_to_slices(MetaTensor(blank)) == []  # the rule that skips an empty slice of a volume
+        assert len(volume_to_slices(MetaTensor(blank), min_foreground=0.0)) == 1
 
 
 # -------------------------------------------------------------------------------------------- training
@@ -299,14 +302,16 @@ def test_load_training_slices_from_2d_and_3d(tmp_path):
 def test_load_training_slices_reports_all_bad_items_at_once(tmp_path):
     _save_nifti(tmp_path / "ok.nii.gz", np.random.default_rng(0).random((8, 8)).astype(np.float32))
     _save_nifti(tmp_path / "empty.nii.gz", np.zeros((8, 8, 3), np.float32))
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / "grey.png")
     (tmp_path / "bad.nii.gz").write_text("text")
-    items = [{"image": str(tmp_path / n)} for n in ("ok.nii.gz", "bad.nii.gz", "empty.nii.gz", "gone.png")]
+    names = ("ok.nii.gz", "bad.nii.gz", "empty.nii.gz", "grey.png", "gone.png")
     with pytest.raises(DataError) as info:
-        load_training_slices(items, image_size=16)
+        load_training_slices([{"image": str(tmp_path / n)} for n in names], image_size=16)
     message = str(info.value)
-    assert message.startswith("3 problems")
+    assert message.startswith("4 problems")
     assert "bad.nii.gz: not a readable NIfTI" in message
-    assert "empty.nii.gz: no slice" in message
+    assert "empty.nii.gz: every slice has less than 5% foreground (empty, constant or nearly black)" in message
+    assert "grey.png: the image has less than 5% foreground (empty, constant or nearly black)" in message
     assert "gone.png: file not found" in message
 
 

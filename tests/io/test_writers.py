@@ -188,22 +188,24 @@ def test_seg_nrrd_empty_mask_has_empty_extent(tmp_path):
 def test_scores_csv(tmp_path):
     rows = [
         {"name": "brain_001", "score": np.float32(0.875), "max_slice": 12, "threshold": 0.31, "image_threshold": 0.4,
-         "abnormal": 1},
-        {"name": "xray_7", "score": 0.25, "max_slice": None, "threshold": 0.31, "image_threshold": 0.4, "abnormal": 0},
+         "decision": "abnormal"},
+        {"name": "xray_7", "score": 0.25, "max_slice": None, "threshold": 0.31, "image_threshold": 0.4,
+         "decision": "normal"},
         {"name": "us_3", "score": 1.0, "max_slice": ""},
     ]  # fmt: skip
     path = write_scores_csv(tmp_path / "run" / "scores.csv", rows)
     lines = path.read_text().splitlines()
-    assert lines[0] == "name,score,max_slice,threshold,image_threshold,abnormal"
+    # The columns evaluation's cases.csv shares come first, named alike; the decision in words, as there.
+    assert lines[0] == "name,score,max_slice,decision,threshold,image_threshold"
     with open(path, newline="") as handle:
         read = list(csv.DictReader(handle))
     assert [r["name"] for r in read] == ["brain_001", "xray_7", "us_3"]
     assert [float(r["score"]) for r in read] == [0.875, 0.25, 1.0]
     assert [r["max_slice"] for r in read] == ["12", "", ""]
-    # the thresholds used and the decision (1 abnormal, 0 normal); empty when a row does not know them
-    assert [(r["threshold"], r["image_threshold"], r["abnormal"]) for r in read] == [
-        ("0.31", "0.4", "1"),
-        ("0.31", "0.4", "0"),
+    # the decision and the thresholds used; empty when a row does not know them
+    assert [(r["decision"], r["threshold"], r["image_threshold"]) for r in read] == [
+        ("abnormal", "0.31", "0.4"),
+        ("normal", "0.31", "0.4"),
         ("", "", ""),
     ]
 
