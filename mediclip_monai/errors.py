@@ -197,6 +197,7 @@ def report_uncaught(exc_type, error, tb) -> None:
         sys.__excepthook__(exc_type, error, tb)
         return
     reason, is_user_error = reason_of(error)
+    _close_progress_bars()
     sys.stdout.flush()  # everything logged before goes first, also when stdout is a pipe
     if not is_user_error or os.environ.get(TRACEBACK_ENV, "").lower() in ("1", "true", "yes"):
         traceback.print_exception(exc_type, error, tb, file=sys.stderr)
@@ -204,6 +205,15 @@ def report_uncaught(exc_type, error, tb) -> None:
     text = f"error: {text or type(reason).__name__}"
     print(text, file=sys.stderr, flush=True)
     _tell_torchrun(text)
+
+
+def _close_progress_bars() -> None:
+    """Close the progress bars an interrupted run left open: else each prints its last state at exit, after
+    the reason."""
+    tqdm_module = sys.modules.get("tqdm.std")  # only when a run imported it
+    if tqdm_module is not None:
+        for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+            bar.close()
 
 
 def _tell_torchrun(text: str) -> None:
