@@ -5,7 +5,7 @@ One home for each rule, called by training validation (``metrics.ImageAUROC``), 
 
 - image score: the model's rule. A calibrated model.pt carries it (``image_score_rule``: the mean of
   the top 1% of the foreground pixels of each slice, a volume taking its best slice; see
-  ``mediclip_monai.calibration``); an uncalibrated model (and training validation, which runs before
+  ``mediclip_monai.decisions.calibration``); an uncalibrated model (and training validation, which runs before
   calibration) uses MediCLIP's protocol, the maximum of the anomaly map (arXiv 2405.11315);
 - slice of the score: the index, along the volume's axial axis, of the slice that holds it;
 - mask: voxels whose anomaly value is at or above the pixel threshold;
@@ -25,7 +25,7 @@ import math
 import torch
 
 from . import calibration
-from .errors import ConfigValueError
+from ..errors import ConfigValueError
 
 __all__ = [
     "anomaly_mask",

@@ -50,7 +50,7 @@ from mediclip_monai.errors import DataError, MediclipError, reason_of
 from mediclip_monai.io.atomic import atomic_write
 from mediclip_monai.label import options as opt
 from mediclip_monai.label.model_store import ModelStore
-from mediclip_monai.training import MAX_HELD_OUT_VALIDATION
+from mediclip_monai.workflows.training import MAX_HELD_OUT_VALIDATION
 
 logger = logging.getLogger(__name__)
 
@@ -392,7 +392,7 @@ def validation_pixel_auroc(network, data, preprocessing, batch_size: int, precis
     import torch
 
     from mediclip_monai.metrics import pixel_auroc
-    from mediclip_monai.model_calibration import branch_maps
+    from mediclip_monai.workflows.calibrate import branch_maps
 
     masks = torch.stack([item["label"][0] for item in data.validation])
     maps = branch_maps(network, data.validation, preprocessing, ("mediclip",), batch_size, precision, token_cache)

@@ -8,7 +8,7 @@ to the input size and turned into probabilities by a softmax without temperature
 Beyond the paper, two more anomaly branches come from the same backbone pass (issue 11): ``memory_bank``,
 the shots' patch tokens scored by nearest neighbour (`PatchMemoryBank`, built after training), and
 ``fused``, both maps normalised on the normal validation slices, combined and mapped back to [0, 1]
-(`mediclip_monai.calibration`). ``anomaly_branch`` selects what ``forward`` returns; ``mediclip``
+(`mediclip_monai.decisions.calibration`). ``anomaly_branch`` selects what ``forward`` returns; ``mediclip``
 computes exactly the paper's map, as before.
 
 The module knows nothing about files, configs or engines. Its state dict is exactly what model.pt holds:
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..calibration import BRANCHES, CALIBRATE_COMMAND, fused_map
+from ..decisions.calibration import BRANCHES, CALIBRATE_COMMAND, fused_map
 from ..errors import MediclipError
 from .clip_backbone import ClipBackbone
 from .memory_bank import PatchMemoryBank
@@ -81,8 +81,8 @@ class MediCLIP(nn.Module):
     ``memory_bank``: 1 - cosine similarity, in [0, 2], about [0, 1] in practice).
 
     ``memory_bank`` (a `PatchMemoryBank`) and ``calibration`` (a plain dict from
-    `mediclip_monai.calibration.calibrate`) are filled after training by
-    `mediclip_monai.model_calibration.calibrate_model`; both are saved in the state dict.
+    `mediclip_monai.decisions.calibration.calibrate`) are filled after training by
+    `mediclip_monai.workflows.calibrate.calibrate_model`; both are saved in the state dict.
     """
 
     def __init__(
@@ -223,7 +223,7 @@ class MediCLIP(nn.Module):
         Returns:
             {branch: B x H x W map}: ``mediclip`` is channel 1 of :meth:`probabilities_from_tokens`,
             ``memory_bank`` the bank's upsampled nearest-neighbour score, ``fused`` the calibrated
-            combination of both (`mediclip_monai.calibration.fused_map`).
+            combination of both (`mediclip_monai.decisions.calibration.fused_map`).
         """
         branches = self.available_branches if branches is None else tuple(branches)
         for branch in branches:
@@ -239,7 +239,7 @@ class MediCLIP(nn.Module):
 
     def forward(self, images: torch.Tensor, tokens: list[torch.Tensor] | None = None) -> torch.Tensor:
         """B x 2 x S x S map of ``anomaly_branch`` (see the class). ``tokens``: the images' tapped patch tokens
-        when they are known already (`mediclip_monai.inferers.CachedTokenInferer`); the backbone then does
+        when they are known already (`mediclip_monai.workflows.inferers.CachedTokenInferer`); the backbone then does
         not run and ``images`` only gives the output size."""
         if tokens is None:
             tokens = self.patch_tokens(images)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from .io.atomic import atomic_write
+from ..io.atomic import atomic_write
 
 __all__ = ["TRUTH_COLOUR", "montage_figure", "overlay_montage", "plot_roc", "roc_figure"]
 

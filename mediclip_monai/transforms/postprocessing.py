@@ -1,7 +1,7 @@
 """Map transforms of the inference and evaluation recipes after the network.
 
 - ``AnomalyScored``: one case's anomaly map -> mask at the threshold, image score, the slice holding it
-  and image-level decision, by the rules of ``mediclip_monai.scoring``.
+  and image-level decision, by the rules of ``mediclip_monai.decisions.scoring``.
 - ``SplitBranchesd``: the maps of several anomaly branches (``SliceWiseInferer(branches=...)``, one
   channel each) into one key per branch, the network's own branch staying under the map key.
 - ``AnomalyTruthd``: evaluation's truth of a case: the image label (``abnormal``, else whether the
@@ -20,7 +20,7 @@ from monai.utils import convert_to_dst_type
 
 from ..data.loading import axial_axis
 from ..errors import DataError
-from ..scoring import anomaly_mask, case_score, decision
+from ..decisions.scoring import anomaly_mask, case_score, decision
 from .preprocessing import to_source_grid
 
 __all__ = ["AnomalyScored", "AnomalyTruthd", "SplitBranchesd"]

@@ -10,7 +10,7 @@ Steps: load the best weights from model.pt; build the `PatchMemoryBank` from the
 contributes at most ``memory_bank_slices`` evenly spaced slices, `evenly_spaced_slices`) with one backbone
 pass per batch; compute the ``mediclip`` and ``memory_bank`` maps of the validation set (held-out normal
 slices and their synthetic anomalies, the set validation scores every epoch); fit the calibration
-(`mediclip_monai.calibration.calibrate`); rewrite model.pt atomically with bank and calibration. The
+(`mediclip_monai.decisions.calibration.calibrate`); rewrite model.pt atomically with bank and calibration. The
 network in memory ends as the calibrated best model. Under torchrun, rank 0 alone runs it
 (multi_gpu_train.json) while the other ranks wait.
 """
@@ -25,14 +25,14 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from . import calibration
-from .errors import DataError
-from .io.atomic import atomic_write
-from .metrics import pixel_auroc
-from .networks import MediCLIP, PatchMemoryBank, PatchTokenCache
-from .networks.checkpoint import load_state, read_model_state
-from .networks.memory_bank import DEFAULT_MAX_PATCHES, DEFAULT_MAX_SLICES, evenly_spaced_slices
-from .precision import FLOAT32, Precision
+from ..decisions import calibration
+from ..errors import DataError
+from ..io.atomic import atomic_write
+from ..metrics import pixel_auroc
+from ..networks import MediCLIP, PatchMemoryBank, PatchTokenCache
+from ..networks.checkpoint import load_state, read_model_state
+from ..networks.memory_bank import DEFAULT_MAX_PATCHES, DEFAULT_MAX_SLICES, evenly_spaced_slices
+from ..precision import FLOAT32, Precision
 from .training import FewShotData
 
 __all__ = ["bank_slice_indices", "branch_maps", "build_memory_bank", "calibrate_model", "previous_model_path"]
@@ -159,7 +159,7 @@ def calibrate_model(
 
     Args:
         network: the training network (its weights are replaced by those of ``model_path``).
-        data: the few-shot data of the run (`mediclip_monai.training.prepare_few_shot_data`).
+        data: the few-shot data of the run (`mediclip_monai.workflows.training.prepare_few_shot_data`).
         preprocessing: the validation preprocessing of train.json (3 channels, CLIP normalisation).
         model_path: model.pt, read and rewritten (atomically: a failure leaves the old file whole).
         memory_bank_size: the most patches the bank keeps (config ``memory_bank_size``).
@@ -173,7 +173,7 @@ def calibrate_model(
         strict: without held-out normals, raise (True) or leave model.pt as it is with a warning (False).
 
     Returns:
-        The calibration stored (see `mediclip_monai.calibration.calibrate`); None when it was skipped.
+        The calibration stored (see `mediclip_monai.decisions.calibration.calibrate`); None when it was skipped.
 
     Raises:
         CheckpointError: no model.pt, or one of another network (run training first, with the same overrides).

@@ -23,7 +23,7 @@ from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 from torch.utils.data import Sampler
 
-from .errors import MediclipError, OutputError, reason_of
+from ..errors import MediclipError, OutputError, reason_of
 
 __all__ = [
     "FAILURE_KEY",

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from monai.handlers import from_engine
 
-from . import scoring
-from .figures import overlay_montage, plot_roc
-from .io.atomic import atomic_write
-from .metrics import ImageAccuracy, ImageAUROC, ImageMaxF1, PixelAUPRO, PixelAUROC, PixelDice
-from .transforms.postprocessing import AnomalyScored, SplitBranchesd
+from ..decisions import scoring
+from ..reporting.figures import overlay_montage, plot_roc
+from ..io.atomic import atomic_write
+from ..metrics import ImageAccuracy, ImageAUROC, ImageMaxF1, PixelAUPRO, PixelAUROC, PixelDice
+from ..transforms.postprocessing import AnomalyScored, SplitBranchesd
 
 __all__ = [
     "MONTAGE_CASES",

@@ -15,12 +15,12 @@ from collections.abc import Mapping
 
 import torch.distributed as dist
 
-from .data.cases import find_cases
+from ..data.cases import find_cases
 from .engines import is_distributed
-from .io.atomic import require_writable
-from .io.outputs import assign_output_names, file_digest, is_complete
-from .networks import MediCLIP, load_mediclip
-from .networks.checkpoint import require_model_file
+from ..io.atomic import require_writable
+from ..io.outputs import assign_output_names, file_digest, is_complete
+from ..networks import MediCLIP, load_mediclip
+from ..networks.checkpoint import require_model_file
 
 __all__ = ["load_trained_model", "model_digest", "plan_cases", "warn_unused_backbone_keys"]
 

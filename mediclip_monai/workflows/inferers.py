@@ -23,10 +23,10 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 
-from .data.loading import views_to_volume, volume_to_views
-from .networks.token_cache import PatchTokenCache
-from .precision import FLOAT32, Precision
-from .transforms.preprocessing import ClipInput
+from ..data.loading import views_to_volume, volume_to_views
+from ..networks.token_cache import PatchTokenCache
+from ..precision import FLOAT32, Precision
+from ..transforms.preprocessing import ClipInput
 
 __all__ = ["CachedTokenInferer", "SliceWiseInferer"]
 

@@ -21,11 +21,11 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers.checkpoint import CheckpointEvents
 
-from .data.datalists import check_entries, load_datalist, sample_k_shot
-from .data.loading import load_training_slices
-from .errors import ConfigValueError, DataError
-from .precision import FLOAT32, Precision
-from .transforms import DEFAULT_SYNTHESIS_TASKS, RandAnomalySynthesisd
+from ..data.datalists import check_entries, load_datalist, sample_k_shot
+from ..data.loading import load_training_slices
+from ..errors import ConfigValueError, DataError
+from ..precision import FLOAT32, Precision
+from ..transforms import DEFAULT_SYNTHESIS_TASKS, RandAnomalySynthesisd
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from mediclip_monai.model_calibration import previous_model_path
+from mediclip_monai.workflows.calibrate import previous_model_path
 
 from .conftest import TRAIN, as_cli_overrides, cli, small_training
 

@@ -18,7 +18,7 @@ from monai.inferers import Inferer
 from PIL import Image
 from sklearn.metrics import f1_score, roc_auc_score
 
-from mediclip_monai.engines import CaseFailuresError
+from mediclip_monai.workflows.engines import CaseFailuresError
 
 from ..stubs import IntensityMapNetwork
 from ..test_metrics import _naive_aupro

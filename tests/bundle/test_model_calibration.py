@@ -1,4 +1,4 @@
-"""End of training (mediclip_monai.model_calibration): memory bank and calibration written into model.pt,
+"""End of training (mediclip_monai.workflows.calibrate): memory bank and calibration written into model.pt,
 rebuilt by the documented `calibrate` run, bounded for volume shots."""
 
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mediclip_monai.model_calibration import bank_slice_indices
+from mediclip_monai.workflows.calibrate import bank_slice_indices
 from mediclip_monai.networks import CheckpointError, load_mediclip
 
 from .conftest import TRAIN, as_cli_overrides, cli, root_cause, run_workflow, small_training

@@ -1,10 +1,10 @@
-"""Calibration rules (mediclip_monai.calibration) on small cases worked out by hand."""
+"""Calibration rules (mediclip_monai.decisions.calibration) on small cases worked out by hand."""
 
 import numpy as np
 import pytest
 import torch
 
-from mediclip_monai import calibration as cal
+from mediclip_monai.decisions import calibration as cal
 
 
 def test_foreground_is_brighter_than_the_level():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mediclip_monai.errors import ConfigValueError
-from mediclip_monai.scoring import (
+from mediclip_monai.decisions.scoring import (
     anomaly_mask,
     case_score,
     decision,

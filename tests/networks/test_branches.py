@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mediclip_monai import calibration as cal
+from mediclip_monai.decisions import calibration as cal
 from mediclip_monai.networks import (
     BranchUnavailableError,
     CheckpointError,

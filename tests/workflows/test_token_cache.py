@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mediclip_monai.inferers import CachedTokenInferer
+from mediclip_monai.workflows.inferers import CachedTokenInferer
 from mediclip_monai.networks import MediCLIP, PatchTokenCache
 
 

@@ -12,7 +12,7 @@ from mediclip_monai.data.datalists import load_datalist, sample_k_shot
 from mediclip_monai.data.resolve import resolve_datalist
 from mediclip_monai.errors import ConfigValueError, DataError
 from mediclip_monai.settings import check_settings
-from mediclip_monai.training import (
+from mediclip_monai.workflows.training import (
     StaleResumeCheckpointRemover,
     latest_checkpoint,
     make_validation_set,

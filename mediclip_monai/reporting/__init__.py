@@ -1,0 +1,1 @@
+"""The evaluation report: figures, cases.csv and metrics.json."""
