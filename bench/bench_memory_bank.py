@@ -27,10 +27,10 @@ import torch
 from monai.transforms import Compose, EnsureTyped
 
 from mediclip_monai.decisions import calibration
-from mediclip_monai.workflows.calibrate import bank_slice_indices, build_memory_bank
 from mediclip_monai.networks import MediCLIP, PatchMemoryBank
 from mediclip_monai.networks.memory_bank import DEFAULT_MAX_PATCHES
 from mediclip_monai.transforms import ClipInputd
+from mediclip_monai.workflows.calibrate import bank_slice_indices, build_memory_bank
 
 TRAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundle", "configs", "train.json")
 

@@ -53,12 +53,12 @@ from monai.transforms import Compose, EnsureTyped
 from monai.utils import set_determinism
 
 from mediclip_monai.data.resolve import resolve_datalist
-from mediclip_monai.workflows.inferers import CachedTokenInferer
 from mediclip_monai.losses import MediCLIPLoss
 from mediclip_monai.networks import MediCLIP, PatchTokenCache
 from mediclip_monai.networks import prompts as prompts_module
-from mediclip_monai.workflows.training import prepare_few_shot_data
 from mediclip_monai.transforms import ClipInputd, RandAnomalySynthesisd
+from mediclip_monai.workflows.inferers import CachedTokenInferer
+from mediclip_monai.workflows.training import prepare_few_shot_data
 
 PREPARE_BATCH = PrepareBatchExtraInput(extra_keys={"cache_keys": "cache_key", "tasks": "anomaly_task"})
 

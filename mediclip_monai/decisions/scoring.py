@@ -24,8 +24,8 @@ import math
 
 import torch
 
-from . import calibration
 from ..errors import ConfigValueError
+from . import calibration
 
 __all__ = [
     "anomaly_mask",

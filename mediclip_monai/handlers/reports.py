@@ -14,11 +14,11 @@ import logging
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-from ..workflows.engines import FAILURE_KEY, is_distributed
 from ..errors import writing_into
-from ..workflows.evaluation import MONTAGE_CASES, case_panels, case_record, write_report
 from ..io.atomic import require_writable
 from ..io.outputs import SCORES_FILE, BackgroundWrites, rebuild_index
+from ..workflows.engines import FAILURE_KEY, is_distributed
+from ..workflows.evaluation import MONTAGE_CASES, case_panels, case_record, write_report
 
 __all__ = ["CaseIndexHandler", "EvaluationReport"]
 

@@ -19,8 +19,8 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
 from ..data.loading import axial_axis
-from ..errors import DataError
 from ..decisions.scoring import anomaly_mask, case_score, decision
+from ..errors import DataError
 from .preprocessing import to_source_grid
 
 __all__ = ["AnomalyScored", "AnomalyTruthd", "SplitBranchesd"]

@@ -30,9 +30,9 @@ import torch
 from monai.handlers import from_engine
 
 from ..decisions import scoring
-from ..reporting.figures import overlay_montage, plot_roc
 from ..io.atomic import atomic_write
 from ..metrics import ImageAccuracy, ImageAUROC, ImageMaxF1, PixelAUPRO, PixelAUROC, PixelDice
+from ..reporting.figures import overlay_montage, plot_roc
 from ..transforms.postprocessing import AnomalyScored, SplitBranchesd
 
 __all__ = [

@@ -16,11 +16,11 @@ from collections.abc import Mapping
 import torch.distributed as dist
 
 from ..data.cases import find_cases
-from .engines import is_distributed
 from ..io.atomic import require_writable
 from ..io.outputs import assign_output_names, file_digest, is_complete
 from ..networks import MediCLIP, load_mediclip
 from ..networks.checkpoint import require_model_file
+from .engines import is_distributed
 
 __all__ = ["load_trained_model", "model_digest", "plan_cases", "warn_unused_backbone_keys"]
 

@@ -17,8 +17,8 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from sklearn.metrics import roc_auc_score
 
-from mediclip_monai.decisions.calibration import slice_scores
 from mediclip_monai.data.loading import scale_intensity
+from mediclip_monai.decisions.calibration import slice_scores
 from mediclip_monai.networks import load_mediclip
 
 from .conftest import EVALUATE, INFERENCE, REPO, TRAIN, cli, run_workflow

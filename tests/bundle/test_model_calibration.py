@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mediclip_monai.workflows.calibrate import bank_slice_indices
 from mediclip_monai.networks import CheckpointError, load_mediclip
+from mediclip_monai.workflows.calibrate import bank_slice_indices
 
 from .conftest import TRAIN, as_cli_overrides, cli, root_cause, run_workflow, small_training
 

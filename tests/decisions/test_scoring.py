@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from mediclip_monai.errors import ConfigValueError
 from mediclip_monai.decisions.scoring import (
     anomaly_mask,
     case_score,
@@ -15,6 +14,7 @@ from mediclip_monai.decisions.scoring import (
     image_scores,
     max_slice,
 )
+from mediclip_monai.errors import ConfigValueError
 
 
 def test_image_score_is_the_maximum_of_the_map():
