@@ -38,7 +38,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 from mediclip_monai.networks import prompts as prompts_module
-from mediclip_monai.workflows.training import NextStepTextFeatures
+from mediclip_monai.handlers import NextStepTextFeatures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "bundle", "configs", "train.json")

@@ -17,8 +17,8 @@ from ignite.engine import Engine, Events
 from ..errors import writing_into
 from ..io.atomic import require_writable
 from ..io.outputs import SCORES_FILE, BackgroundWrites, rebuild_index
+from ..reporting.report import MONTAGE_CASES, case_panels, case_record, write_report
 from ..workflows.engines import FAILURE_KEY, is_distributed
-from ..workflows.evaluation import MONTAGE_CASES, case_panels, case_record, write_report
 
 __all__ = ["CaseIndexHandler", "EvaluationReport"]
 

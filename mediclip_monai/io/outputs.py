@@ -38,8 +38,7 @@ import numpy as np
 from monai.transforms import MapTransform
 
 from ..data.cases import Case
-from ..errors import OutputError, reason_of, writing_into
-from ..workflows.engines import describe_failure
+from ..errors import OutputError, describe_failure, reason_of, writing_into
 from .atomic import atomic_write
 from .writers import (
     write_anomaly_map,

@@ -139,7 +139,7 @@ class PromptLearner(nn.Module):
     def prepare_next_step(self) -> None:
         """Compute now, with their autograd graph, the embeddings the next training step will need.
 
-        Training calls this after the last step of an epoch (`mediclip_monai.workflows.training.NextStepTextFeatures`):
+        Training calls this after the last step of an epoch (`mediclip_monai.handlers.NextStepTextFeatures`):
         the validation round in between reads the same embeddings (cached, no gradient) instead of running
         the text tower itself, and the next step, if the contexts have not changed, takes them with their
         graph instead of a forward of its own. Exact: the same forward, done once instead of twice.

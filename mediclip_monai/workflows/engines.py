@@ -23,7 +23,7 @@ from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 from torch.utils.data import Sampler
 
-from ..errors import MediclipError, OutputError, reason_of
+from ..errors import MediclipError, OutputError, describe_failure, reason_of
 
 __all__ = [
     "FAILURE_KEY",
@@ -31,7 +31,6 @@ __all__ = [
     "CaseEvaluator",
     "CaseFailuresError",
     "CaseShardSampler",
-    "describe_failure",
     "is_distributed",
 ]
 
@@ -48,20 +47,6 @@ def is_distributed() -> bool:
 
 class CaseFailuresError(MediclipError, RuntimeError):
     """Some cases could not be processed; the message lists each with its file and reason."""
-
-
-def describe_failure(source: str, error: BaseException) -> str:
-    """``"<source>: <reason>"`` for a failed case.
-
-    MONAI wraps a transform's error in RuntimeErrors ("applying transform ..."): the reason is the user
-    error in the chain (``errors.reason_of``; a DataError names its file), else the innermost exception
-    with its type.
-    """
-    reason, is_user_error = reason_of(error)
-    text = str(reason).strip()
-    if not is_user_error:
-        text = f"{type(reason).__name__}: {text}"
-    return text if source and text.startswith(str(source)) else f"{source}: {text}"
 
 
 class NoPrediction(dict):

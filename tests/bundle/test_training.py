@@ -16,7 +16,7 @@ import torch
 
 from mediclip_monai.data.datalists import DataError
 from mediclip_monai.errors import ConfigValueError
-from mediclip_monai.workflows.training import latest_checkpoint
+from mediclip_monai.handlers.training import latest_checkpoint
 
 from .conftest import (
     META,
