@@ -37,8 +37,8 @@ from baseline import whole_text_transformer
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from mediclip_monai.networks import prompts as prompts_module
 from mediclip_monai.handlers import NextStepTextFeatures
+from mediclip_monai.networks import prompts as prompts_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "bundle", "configs", "train.json")

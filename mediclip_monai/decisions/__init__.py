@@ -1,1 +1,27 @@
-"""The decision rules of MediCLIP outputs: image score, mask, verdict, and their calibration from normals."""
+"""What MediCLIP's anomaly maps mean: the decisions a model makes and the rules it applies.
+
+- ``decisions``: `Decisions`, owned by the model and saved in model.pt: per branch the mask and image
+  thresholds, the image-score rule, the default branch, the uncalibrated fallback and a run's overrides.
+- ``scoring``: the rules: image score, slice of the score, mask, verdict.
+- ``calibration``: fitting the decisions on held-out normals and their synthetic anomalies; the branch fusion.
+"""
+
+from .decisions import (
+    BRANCHES,
+    CALIBRATE_COMMAND,
+    DEFAULT_BRANCH,
+    UNCALIBRATED_BRANCH,
+    BranchDecisions,
+    Decisions,
+    run_decisions,
+)
+
+__all__ = [
+    "BRANCHES",
+    "CALIBRATE_COMMAND",
+    "DEFAULT_BRANCH",
+    "UNCALIBRATED_BRANCH",
+    "BranchDecisions",
+    "Decisions",
+    "run_decisions",
+]

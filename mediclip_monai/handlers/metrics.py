@@ -24,7 +24,7 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced
 from monai.handlers import from_engine
 
-from ..decisions.scoring import image_scores
+from ..decisions.scoring import maximum_scores
 from ..metrics import image_auroc, max_f1, pixel_aupro, pixel_auroc
 
 __all__ = [
@@ -134,7 +134,7 @@ def _is_score_list(pred) -> bool:
 
 class _ImageMetric(_AccumulatingMetric):
     """An image-level metric: score = the given image score of each sample (``transforms.AnomalyScored``'s
-    ``score``, by the model's rule), or ``scoring.image_scores`` (the maximum) of its anomaly map; truth =
+    ``score``, by the model's rule), or ``decisions.scoring.maximum_scores`` (the maximum) of its anomaly map; truth =
     the image label, or whether the mask has an anomalous pixel."""
 
     @reinit__is_reduced
@@ -148,7 +148,7 @@ class _ImageMetric(_AccumulatingMetric):
             return
         samples = _samples_of(output)
         if samples:
-            scores = torch.cat([image_scores(anomaly[None]) for anomaly, _ in samples])
+            scores = torch.cat([maximum_scores(anomaly[None]) for anomaly, _ in samples])
             self._append(scores, torch.stack([truth.any() for _, truth in samples]))
 
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from monai.utils import convert_to_numpy
 
+from ..decisions import BranchDecisions, Decisions
 from ..io.atomic import atomic_write
 from .figures import overlay_montage, plot_roc
 
@@ -87,10 +88,8 @@ def write_report(
     records: Sequence[Mapping],
     metrics: Mapping[str, float],
     montage_cases: Sequence[Mapping],
-    threshold: float | None = None,
-    image_threshold: float | None = None,
-    anomaly_branch: str | None = None,
-    calibration: Mapping | None = None,
+    decisions: BranchDecisions,
+    model_decisions: Decisions | None = None,
 ) -> dict:
     """Write metrics.json, cases.csv, roc.png and montage.png of an evaluation into ``output_dir``.
 
@@ -99,10 +98,9 @@ def write_report(
         metrics: the evaluator's metrics (``engine.state.metrics``), NaN where undefined; names
             ``<branch>/<metric>`` (``branch_metrics``) go into metrics.json's ``branches``.
         montage_cases: the cases to show, each ``{"name", "score", "decision", "slices": case_panels(...)}``.
-        threshold: the mask threshold (drawn in the montage, recorded in metrics.json).
-        image_threshold: the image decision threshold (recorded).
-        anomaly_branch: the branch of the top-level metrics (recorded).
-        calibration: the model's calibration; each branch's calibrated thresholds are recorded beside its metrics.
+        decisions: the run's decisions on the map evaluated: its branch (the top-level metrics'), mask threshold
+            (drawn in the montage) and image threshold, all recorded in metrics.json.
+        model_decisions: the model's decisions; each branch's fitted thresholds are recorded beside its metrics.
 
     Returns:
         the content of metrics.json.
@@ -117,15 +115,14 @@ def write_report(
             branch, metric = name.split("/", 1)
             branches.setdefault(branch, {})[metric] = _json_number(float(value))
     for branch, values in branches.items():
-        for entry in ("pixel_threshold", "image_threshold"):
-            values[entry] = (calibration or {}).get(entry, {}).get(branch)
+        values.update((model_decisions or Decisions()).fitted_thresholds(branch))
     report = {
         "n_cases": len(records),
         "n_abnormal": int(labels.sum()),
-        "anomaly_branch": anomaly_branch,
+        "anomaly_branch": decisions.branch,
         **{name: _json_number(float(value)) for name, value in overall.items()},
-        "threshold": threshold,
-        "image_threshold": image_threshold,
+        "threshold": decisions.threshold,
+        "image_threshold": decisions.image_threshold,
         **({"branches": branches} if branches else {}),
         "protocol": PROTOCOL,
     }
@@ -138,10 +135,9 @@ def write_report(
             max_slice = "" if r["max_slice"] is None else r["max_slice"]
             truth = "abnormal" if r["truth"] else "normal"
             writer.writerow([r["name"], repr(r["score"]), max_slice, r["decision"], truth, r["has_mask"]])
-    map_name = f"{anomaly_branch} map" if anomaly_branch else "anomaly map"
-    title = f"Image-level ROC, {map_name}, {len(records)} cases"
+    title = f"Image-level ROC, {decisions.branch} map, {len(records)} cases"
     plot_roc(os.path.join(output_dir, "roc.png"), labels, scores, title=title)
     if montage_cases:
-        overlay_montage(os.path.join(output_dir, "montage.png"), montage_cases, threshold, anomaly_branch)
+        overlay_montage(os.path.join(output_dir, "montage.png"), montage_cases, decisions.threshold, decisions.branch)
     logger.info(f"evaluation of {len(records)} case(s) in {output_dir}: {json.dumps(report)}")
     return report

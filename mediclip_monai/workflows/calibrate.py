@@ -1,4 +1,5 @@
-"""End of training: the memory bank from the shots, the calibration from validation, both into model.pt.
+"""The calibrate step, at the end of training: the memory bank from the shots and the model's decisions fitted
+on validation (its calibration), both into model.pt.
 
 train.json runs `calibrate_model` after the last epoch (its ``training`` list) and on its own for an
 existing model.pt (its ``calibrate`` run id, with the training's overrides, so the same datalist and seed
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from ..decisions import calibration
+from ..decisions import BRANCHES, Decisions, calibration
 from ..errors import DataError
 from ..io.atomic import atomic_write
 from ..metrics import pixel_auroc
@@ -107,7 +108,7 @@ def build_memory_bank(
     bank = PatchMemoryBank(max_patches=max_patches, seed=seed)
     bank.build_from_batches(_token_batches(network, shots, preprocessing, 1, precision, token_cache))
     network.memory_bank = bank.to(next(network.parameters()).device)
-    network.calibration = None
+    network.decisions = Decisions()
     return network.memory_bank
 
 
@@ -212,18 +213,18 @@ def calibrate_model(
         "max_slices_per_shot": int(memory_bank_slices),
         "seed": int(seed),
     }
-    network.calibration = result
+    network.decisions = Decisions(result)
     if previous is not None:
         _keep_previous(model_path, previous, result)
     with atomic_write(model_path) as tmp:
         torch.save(network.state_dict(), tmp)
     maps["fused"] = calibration.fused_map(maps["mediclip"], maps["memory_bank"], result["fusion"])
     summary = ", ".join(
-        f"{name} {pixel_auroc(masks, maps[name]):.3f} (threshold {result['pixel_threshold'][name]:.3g})"
-        for name in calibration.BRANCHES
+        f"{name} {pixel_auroc(masks, maps[name]):.3f} (threshold {network.decisions.for_branch(name).threshold:.3g})"
+        for name in BRANCHES
     )
     logger.info(f"calibrated on {len(images)} validation slices; pixel AUROC {summary}")
-    logger.info(f"{model_path}: memory bank and calibration stored; default branch '{result['default_branch']}'")
+    logger.info(f"{model_path}: memory bank and calibration stored; default branch '{network.default_branch}'")
     return result
 
 

@@ -11,39 +11,39 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..decisions import scoring
+from ..decisions import Decisions
 from ..transforms.postprocessing import AnomalyScored, SplitBranchesd
 
 __all__ = ["branch_scoring", "evaluation_branches"]
 
 
 def evaluation_branches(network) -> tuple[str, ...] | None:
-    """The branches evaluated side by side: every one the network can compute; None when it has fewer than
-    two (an uncalibrated model, or a network without branches: then only its own map is evaluated)."""
-    branches = getattr(getattr(network, "module", network), "available_branches", None)
-    return None if branches is None or len(branches) < 2 else tuple(branches)
+    """The branches evaluated side by side: every one a calibrated network can compute; None for an
+    uncalibrated network or one without branches (then only its own map is evaluated)."""
+    model = getattr(network, "module", network)
+    branches = getattr(model, "available_branches", None)
+    if not branches or len(branches) < 2 or not Decisions.of(model).calibrated:
+        return None
+    return tuple(branches)
 
 
 def branch_scoring(
     network, branches: Sequence[str] | None, key: str = "pred", source_image_key: str | None = None
 ) -> list:
-    """Postprocessing of a multi-branch map: one key per branch (``SplitBranchesd``), each scored at its
-    own calibrated thresholds and with the model's image-score rule (keys ``<branch>_mask``,
+    """Postprocessing of a multi-branch map: one key per branch (``SplitBranchesd``), each scored by the
+    model's own decisions on that branch (its fitted thresholds and image-score rule; keys ``<branch>_mask``,
     ``<branch>_score``, ``<branch>_abnormal_decision``, ...), the score on the case's own grid when
     ``source_image_key`` names its image there (see ``AnomalyScored``). Nothing for ``branches`` None."""
     if not branches:
         return []
     model = getattr(network, "module", network)
-    calibration = model.calibration or {}
+    decisions = Decisions.of(model)
     transforms: list = [SplitBranchesd(key, branches, model.anomaly_branch)]
     for branch in branches:
-        pixel = calibration.get("pixel_threshold", {}).get(branch, 0.5)
         transforms.append(
             AnomalyScored(
                 f"{key}_{branch}",
-                threshold=pixel,
-                image_threshold=calibration.get("image_threshold", {}).get(branch, pixel),
-                score_rule=scoring.image_score_rule(model),
+                decisions.for_branch(branch),
                 source_image_key=source_image_key,
                 prefix=f"{branch}_",
             )

@@ -6,9 +6,9 @@ import torch
 from monai.bundle import ConfigParser
 from monai.utils import set_determinism
 
+from mediclip_monai.handlers import NextStepTextFeatures
 from mediclip_monai.networks import PromptLearner
 from mediclip_monai.workflows.calibrate import bank_slice_indices
-from mediclip_monai.handlers import NextStepTextFeatures
 
 from .conftest import TRAIN, run_workflow, small_training
 from .test_training import assert_same_weights, trained_state

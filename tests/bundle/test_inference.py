@@ -12,14 +12,14 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+import torch
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from sklearn.metrics import roc_auc_score
 
 from mediclip_monai.data.loading import scale_intensity
-from mediclip_monai.decisions.calibration import slice_scores
-from mediclip_monai.networks import load_mediclip
+from mediclip_monai.decisions.scoring import slice_scores
 
 from .conftest import EVALUATE, INFERENCE, REPO, TRAIN, cli, run_workflow
 
@@ -76,7 +76,8 @@ def test_oblique_anisotropic_nifti_map_and_mask_keep_shape_and_affine(trained, t
     assert rows[0]["name"] == "oblique"
     # the calibrated model's own rule and thresholds (threshold null): per axial slice, the mean of the top
     # 1% of its foreground pixels; the volume's score is its best slice
-    calibration = load_mediclip(os.path.join(trained, "model.pt")).calibration
+    stored = torch.load(os.path.join(trained, "model.pt"), map_location="cpu", weights_only=True)
+    calibration = stored["_extra_state"]["calibration"]
     per_slice = slice_scores(np.moveaxis(anomaly_map, 1, 0), np.moveaxis(scale_intensity(volume), 1, 0))
     assert float(rows[0]["score"]) == pytest.approx(per_slice.max(), abs=1e-5)
     assert int(rows[0]["max_slice"]) == int(per_slice.argmax())
@@ -263,12 +264,12 @@ def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, d
     for values in branches.values():
         assert set(values) == {
             "image_auroc", "image_max_f1", "pixel_auroc", "pixel_aupro", "pixel_dice", "image_accuracy",
-            "pixel_threshold", "image_threshold",
+            "threshold", "image_threshold",
         }  # fmt: skip
         assert all(0 <= values[key] <= 1 for key in ("image_auroc", "pixel_auroc", "pixel_dice", "image_accuracy"))
     for key in ("image_auroc", "image_max_f1", "pixel_auroc", "pixel_aupro"):
         assert branches["fused"][key] == pytest.approx(metrics[key]), key
-    assert metrics["threshold"] == pytest.approx(branches["fused"]["pixel_threshold"])
+    assert metrics["threshold"] == pytest.approx(branches["fused"]["threshold"])
     decisions = [int(c["decision"] == "abnormal") for c in cases]
     accuracy = np.mean([d == t for d, t in zip(decisions, labels)])
     assert branches["fused"]["image_accuracy"] == pytest.approx(accuracy)

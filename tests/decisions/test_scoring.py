@@ -1,5 +1,6 @@
-"""The decision rules: image score, slice of the maximum, mask, verdict, threshold."""
+"""The rules: image score (maximum or the calibrated rule), slice of the score, mask, verdict."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -7,27 +8,24 @@ from mediclip_monai.decisions.scoring import (
     anomaly_mask,
     case_score,
     decision,
-    decision_threshold,
-    image_decision_threshold,
+    foreground,
     image_score,
-    image_score_rule,
-    image_scores,
-    max_slice,
+    maximum_scores,
 )
-from mediclip_monai.errors import ConfigValueError
+
+RULE = {"rule": "top fraction of foreground", "top_fraction": 0.25, "foreground_level": 0.1}
 
 
-def test_image_score_is_the_maximum_of_the_map():
+def test_the_uncalibrated_image_score_is_the_maximum_of_the_map():
     maps = torch.zeros(3, 1, 4, 5)
     maps[0, 0, 1, 2], maps[1, 0, 3, 4], maps[2, 0, 0, 0] = 0.9, 0.25, 0.5
-    assert image_scores(maps).tolist() == pytest.approx([0.9, 0.25, 0.5])
-    assert image_score(maps[0]) == pytest.approx(0.9)
+    assert maximum_scores(maps).tolist() == pytest.approx([0.9, 0.25, 0.5])
 
 
-def test_max_slice_follows_the_given_axis():
+def test_the_slice_of_the_maximum_follows_the_given_axis():
     volume = torch.zeros(4, 5, 6)
     volume[1, 3, 4] = 0.8
-    assert [max_slice(volume, axis) for axis in range(3)] == [1, 3, 4]
+    assert [case_score(volume, axis=axis)[1] for axis in range(3)] == [1, 3, 4]
 
 
 def test_mask_and_decision_use_the_threshold_inclusively():
@@ -37,47 +35,30 @@ def test_mask_and_decision_use_the_threshold_inclusively():
     assert decision(0.5, 0.5) == "abnormal" and decision(0.49, 0.5) == "normal"
 
 
-def test_decision_threshold_checks_the_config_value():
-    assert decision_threshold(0.3) == 0.3 and decision_threshold("0.3") == 0.3
-    with pytest.raises(ConfigValueError, match="calibrated threshold"):
-        decision_threshold(None)
-    with pytest.raises(ConfigValueError, match="--threshold 1.5: must be an anomaly probability between 0 and 1"):
-        decision_threshold(1.5)
-    # The command line passes what it cannot read as a number as text: named by its key, not a float() error.
-    with pytest.raises(ConfigValueError, match="--threshold 'abc': must be an anomaly probability between 0 and 1"):
-        decision_threshold("abc")
-    with pytest.raises(ConfigValueError, match="--image_threshold 'abc': must be an image score, or null"):
-        image_decision_threshold("abc")
-    with pytest.raises(ConfigValueError, match="--image_threshold True: must be an image score"):
-        image_decision_threshold(True)
-    # "null" as typed after the README is the default, the calibrated threshold.
-    with pytest.raises(ConfigValueError, match="calibrated threshold"):
-        decision_threshold("null")
+def test_foreground_is_brighter_than_the_level():
+    image = np.array([[0.0, 0.05], [0.2, 1.0]])
+    assert foreground(image).tolist() == [[False, False], [True, True]]
+    assert foreground(image, level=0.5).tolist() == [[False, False], [False, True]]
 
 
-class Calibrated:
-    """What the rules read of a network: its calibration and its branch."""
+def test_image_score_is_the_mean_of_the_top_foreground_pixels():
+    anomaly_map = np.arange(100, dtype=float).reshape(10, 10) / 100
+    image = np.ones((10, 10))
+    assert image_score(anomaly_map, image) == pytest.approx(0.99)  # 1% of 100 pixels: the maximum
+    assert image_score(anomaly_map, image, top_fraction=0.05) == pytest.approx(0.97)  # mean of .95 .. .99
+    image[9] = 0.0  # the bottom row (the highest scores) is background
+    assert image_score(anomaly_map, image, top_fraction=0.05) == pytest.approx(0.87)  # 5 of 90: .85 .. .89
+    # no foreground at all: every pixel counts
+    assert image_score(anomaly_map, np.zeros((10, 10))) == pytest.approx(0.99)
+    # torch input gives the same number
+    assert image_score(torch.as_tensor(anomaly_map), torch.as_tensor(image), 0.05) == pytest.approx(0.87)
 
-    anomaly_branch = "fused"
-    calibration = {
-        "pixel_threshold": {"mediclip": 0.6, "memory_bank": 0.2, "fused": 0.3},
-        "image_threshold": {"mediclip": 0.7, "memory_bank": 0.25, "fused": 0.4},
-        "image_score": {"rule": "top fraction of foreground", "top_fraction": 0.25, "foreground_level": 0.1},
-    }
 
-
-def test_null_thresholds_are_the_calibrated_ones_of_the_branch_and_numbers_override():
-    network = Calibrated()
-    assert decision_threshold(None, network) == 0.3
-    assert image_decision_threshold(None, network, 0.3) == 0.4
-    assert decision_threshold(0.5, network) == 0.5 and image_decision_threshold(0.9, network, 0.5) == 0.9
-    network.anomaly_branch = "mediclip"
-    assert decision_threshold(None, network) == 0.6 and image_decision_threshold(None, network, 0.6) == 0.7
-    assert image_score_rule(network)["top_fraction"] == 0.25
-    # an uncalibrated network: no rule (the maximum), and the image threshold is the mask's
-    assert image_score_rule(object()) is None and image_decision_threshold(None, object(), 0.45) == 0.45
-    with pytest.raises(ValueError, match="monai.bundle run calibrate"):
-        decision_threshold(None, object())
+def test_image_score_of_a_volume_is_its_best_slice():
+    maps = np.stack([np.full((4, 4), 0.2), np.full((4, 4), 0.7), np.full((4, 4), 0.4)])
+    assert image_score(maps, np.ones_like(maps)) == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="share one"):
+        image_score(maps, np.ones((4, 4)))
 
 
 def test_case_score_follows_the_rule_per_axial_slice():
@@ -86,11 +67,10 @@ def test_case_score_follows_the_rule_per_axial_slice():
     anomaly_map[0, 0, 2] = 0.9  # one bright pixel: the maximum, but a quarter of slice 2 averages lower
     image = torch.ones(4, 4, 3)
     assert case_score(anomaly_map, axis=2) == (pytest.approx(0.9), 2)
-    rule = Calibrated.calibration["image_score"]
-    assert case_score(anomaly_map, image, rule, axis=2) == (pytest.approx(0.5), 1)  # top 4 of 16: all 0.5
+    assert case_score(anomaly_map, image, RULE, axis=2) == (pytest.approx(0.5), 1)  # top 4 of 16: all 0.5
     image[:, :, 1] = 0.0  # slice 1 without foreground: all its pixels count, still 0.5
-    assert case_score(anomaly_map, image, rule, axis=2)[0] == pytest.approx(0.5)
-    assert case_score(anomaly_map[:, :, 2], image[:, :, 2], rule) == (pytest.approx(0.9 / 4), None)
+    assert case_score(anomaly_map, image, RULE, axis=2)[0] == pytest.approx(0.5)
+    assert case_score(anomaly_map[:, :, 2], image[:, :, 2], RULE) == (pytest.approx(0.9 / 4), None)
     background = image[:, :, 2].clone()
     background[0, 0] = 0.0  # the bright pixel on background: not counted
-    assert case_score(anomaly_map[:, :, 2], background, rule) == (pytest.approx(0.0), None)
+    assert case_score(anomaly_map[:, :, 2], background, RULE) == (pytest.approx(0.0), None)

@@ -13,6 +13,7 @@ from monai.data import MetaTensor
 
 from mediclip_monai.data.cases import Case
 from mediclip_monai.data.datalists import DataError
+from mediclip_monai.decisions import BranchDecisions
 from mediclip_monai.io.outputs import SaveCaseOutputsd, assign_output_names, is_complete, rebuild_index
 from mediclip_monai.transforms import AnomalyScored
 
@@ -21,7 +22,7 @@ def postprocessed(name, source, seed=0, shape=(6, 5, 4), threshold=0.5):
     """A case as the postprocessing hands it to the writer: map, mask, score, decision."""
     anomaly_map = torch.as_tensor(np.random.default_rng(seed).random((1, *shape)), dtype=torch.float32)
     data = {"pred": MetaTensor(anomaly_map, affine=torch.diag(torch.tensor([2.0, 1.0, 3.0, 1.0]))), "name": name}
-    return AnomalyScored(keys="pred", threshold=threshold)({**data, "source": source})
+    return AnomalyScored("pred", BranchDecisions("mediclip", threshold, threshold))({**data, "source": source})
 
 
 def files_of(folder):
