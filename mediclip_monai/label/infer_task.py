@@ -232,7 +232,7 @@ class AnomalyInferTask(BasicInferTask):
         return parser
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
-        return list(parsed(self.recipe(data), "preprocessing").transforms)
+        return list(parsed(self.recipe(data), "preprocessing"))
 
     def run_pre_transforms(self, data: dict[str, Any], transforms):
         try:

@@ -359,8 +359,8 @@ class FewShotTrainTask(TrainTask):
         )
         workflow.initialize()
         parsed = workflow.parser.get_parsed_content
-        epoch_stats = EpochStats(self._write_stats, parsed("validate#evaluator"), extra)
-        epoch_stats.attach(parsed("train#trainer"))
+        epoch_stats = EpochStats(self._write_stats, parsed("validate::evaluator"), extra)
+        epoch_stats.attach(parsed("train::trainer"))
         workflow.run()
         workflow.finalize()
         return workflow, epoch_stats
@@ -372,7 +372,7 @@ class FewShotTrainTask(TrainTask):
 
         parsed = workflow.parser.get_parsed_content
         network, token_cache = parsed("network_def"), parsed("token_cache")
-        inputs = (parsed("data"), parsed("validate#preprocessing"), parsed("batch_size"), parsed("precision"))
+        inputs = (parsed("data"), parsed("validate::preprocessing"), parsed("batch_size"), parsed("precision"))
         candidate = validation_pixel_auroc(network, *inputs, token_cache)
         if not os.path.isfile(self.store.model_path):
             return candidate, None, None

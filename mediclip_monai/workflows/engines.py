@@ -32,6 +32,7 @@ __all__ = [
     "CaseFailuresError",
     "CaseShardSampler",
     "is_distributed",
+    "wait_for_every_rank",
 ]
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,13 @@ IDLE_KEY = "idle"
 def is_distributed() -> bool:
     """Whether this process is one of several ranks of an initialised process group."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def wait_for_every_rank() -> None:
+    """Wait until every rank of a distributed run gets here (train.json: while rank 0 calibrates); nothing to
+    wait for in one process."""
+    if is_distributed():
+        dist.barrier()
 
 
 class CaseFailuresError(MediclipError, RuntimeError):

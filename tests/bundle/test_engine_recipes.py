@@ -27,7 +27,6 @@ from .conftest import (
     INFERENCE,
     LOGGING,
     META,
-    MULTI_GPU_EVALUATE,
     MULTI_GPU_INFERENCE,
     REPO,
     TRAIN,
@@ -37,12 +36,6 @@ from .conftest import (
     small_training,
 )
 from .test_inference import brain_like_volume, write_dicom_series
-
-
-@pytest.fixture(autouse=True)
-def from_the_repository_root(monkeypatch):
-    """Every documented command runs from the repository root (evaluate.json reuses inference.json from there)."""
-    monkeypatch.chdir(REPO)
 
 
 def workflow(config_file, workflow_type, **overrides):
@@ -100,7 +93,7 @@ def test_inference_train_and_evaluation_pass_monai_property_checks(trained, demo
     train.initialize()
     assert train.check_properties() == []
 
-    evaluate = workflow([TRAIN, EVALUATE], "eval", **small_training(demo_dir, tmp_path, ckpt_dir=trained))
+    evaluate = workflow([INFERENCE, EVALUATE], "eval", **small_training(demo_dir, tmp_path, ckpt_dir=trained))
     evaluate.initialize()
     assert evaluate.check_properties() == []
     assert isinstance(evaluate.inferer, Inferer) and isinstance(evaluate.evaluator, SupervisedEvaluator)
@@ -273,7 +266,7 @@ def test_torchrun_evaluation_gives_the_metrics_of_one_process(trained, demo_dir,
     values = {"dataset_dir": demo_dir, "ckpt_dir": trained, "clip_model": "mediclip-tiny", "clip_pretrained": "none"}
     overrides = [item for key, value in values.items() for item in (f"--{key}", str(value))]
     result = torchrun(
-        f"['{TRAIN}','{EVALUATE}','{MULTI_GPU_EVALUATE}']", *overrides, "--output_dir", str(tmp_path / "ddp")
+        f"['{INFERENCE}','{EVALUATE}','{MULTI_GPU_INFERENCE}']", *overrides, "--output_dir", str(tmp_path / "ddp")
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     single = cli(
@@ -282,7 +275,7 @@ def test_torchrun_evaluation_gives_the_metrics_of_one_process(trained, demo_dir,
             "monai.bundle",
             "run",
             "--config_file",
-            f"['{TRAIN}','{EVALUATE}']",
+            f"['{INFERENCE}','{EVALUATE}']",
             *overrides,
             "--output_dir",
             str(tmp_path / "one"),
@@ -353,7 +346,7 @@ def write_known_test_set(folder, soft_mask=True):
 
 def stub_evaluation(tmp_path, datalist):
     run = workflow(
-        [TRAIN, EVALUATE],
+        [INFERENCE, EVALUATE],
         "eval",
         datalist=str(datalist),
         output_dir=str(tmp_path / "runs"),

@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 from mediclip_monai.data.loading import scale_intensity
 from mediclip_monai.decisions.scoring import slice_scores
 
-from .conftest import EVALUATE, INFERENCE, REPO, TRAIN, cli, run_workflow
+from .conftest import EVALUATE, INFERENCE, REPO, cli, run_workflow
 
 
 def infer(ckpt_dir, input_path, output_dir, **overrides):
@@ -228,7 +228,7 @@ def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, d
             "monai.bundle",
             "run",
             "--config_file",
-            f"['{TRAIN}','{EVALUATE}']",
+            f"['{INFERENCE}','{EVALUATE}']",
             "--dataset_dir",
             demo_dir,
             "--ckpt_dir",
@@ -292,7 +292,7 @@ def test_inference_and_evaluation_give_a_case_one_score_in_one_vocabulary(traine
     (tmp_path / "datalist.json").write_text(json.dumps({"test": test}))
     infer(trained, tmp_path / "datalist.json", tmp_path / "inferred", num_workers=0)
     run_workflow(
-        [TRAIN, EVALUATE],
+        [INFERENCE, EVALUATE],
         run_id="evaluating",
         bundle_root=os.path.join(REPO, "bundle"),
         ckpt_dir=trained,

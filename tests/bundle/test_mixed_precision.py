@@ -75,7 +75,7 @@ def test_training_calibration_inference_and_evaluation_in_mixed_precision(demo_d
             "monai.bundle",
             "run",
             "--config_file",
-            f"['{TRAIN}','{EVALUATE}']",
+            f"['{INFERENCE}','{EVALUATE}']",
             *as_cli_overrides({**values, "amp": "true", "output_dir": str(tmp_path / "eval_run")}),
         ]
     )

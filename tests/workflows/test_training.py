@@ -68,7 +68,6 @@ GOOD_SETTINGS = dict(epochs=2, batch_size=4, k_shot=0, lr=1e-3, val_interval=1, 
         ({"lr": float("nan")}, "--lr nan: must be a number > 0"),
         ({"num_workers": -2}, "--num_workers -2: must be a whole number >= 0"),
         ({"val_interval": 3}, "--val_interval 3 is more than --epochs 2: no validation round would run"),
-        ({"threshold": 1.5}, "--threshold 1.5: must be an anomaly probability between 0 and 1"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_by_key(override, expected):
