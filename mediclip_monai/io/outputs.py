@@ -6,6 +6,8 @@ Layout of ``<output_dir>``::
            [<name>_anomaly_seg.dcm,] <name>_case.json      (the case's manifest, written last)
     scores.csv, cases.json                                    (the index of every case folder)
 
+The outputs of a case are those named in ``outputs`` (inference.json), from ``io.writers.CASE_WRITERS``.
+
 - A case is written into a hidden staging folder (``.<name>.tmp-XXXXXXXX``) and renamed into place once
   every output and its manifest are there: a case folder is complete or absent, never half-written.
 - The manifest records the case's source, score, slice of the maximum, threshold, decision, model and
@@ -38,17 +40,12 @@ import numpy as np
 from monai.transforms import MapTransform
 
 from ..data.cases import Case
-from ..errors import OutputError, describe_failure, reason_of, writing_into
+from ..errors import ConfigValueError, OutputError, describe_failure, reason_of, writing_into
 from .atomic import atomic_write
-from .writers import (
-    write_anomaly_map,
-    write_anomaly_mask,
-    write_dicom_seg,
-    write_scores_csv,
-    write_slicer_segmentation,
-)
+from .writers import CASE_WRITERS, CaseArrays, write_scores_csv
 
 __all__ = [
+    "DEFAULT_OUTPUTS",
     "MANIFEST_SUFFIX",
     "BackgroundWrites",
     "SaveCaseOutputsd",
@@ -65,6 +62,8 @@ MANIFEST_SUFFIX = "_case.json"
 SCORES_FILE = "scores.csv"
 CASES_FILE = "cases.json"
 RESUME_HINT = "the cases written before are complete: run the same command again to go on"
+# What a case gets unless inference.json's ``outputs`` says otherwise (names of ``io.writers.CASE_WRITERS``).
+DEFAULT_OUTPUTS = ("anomaly_map", "anomaly_mask", "slicer_segmentation", "dicom_seg")
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -238,9 +237,9 @@ class SaveCaseOutputsd(MapTransform):
     """Write one case's outputs into ``<output_dir>/<name>/``, all or none, ending with its manifest.
 
     Outputs (see the module docstring for the folder rules), all on the input's voxel grid (the map's
-    affine): ``<name>_anomaly_map.nii.gz`` (float32), ``<name>_anomaly_mask.nii.gz`` (uint8),
-    ``<name>_anomaly.seg.nrrd`` (3D Slicer segmentation) and, for a DICOM series input,
-    ``<name>_anomaly_seg.dcm`` (DICOM SEG referencing the series).
+    affine): those named in ``outputs``; by default ``<name>_anomaly_map.nii.gz`` (float32),
+    ``<name>_anomaly_mask.nii.gz`` (uint8), ``<name>_anomaly.seg.nrrd`` (3D Slicer segmentation) and, for a
+    DICOM series input, ``<name>_anomaly_seg.dcm`` (DICOM SEG referencing the series).
 
     Args:
         output_dir: the run's output folder.
@@ -250,6 +249,10 @@ class SaveCaseOutputsd(MapTransform):
         mask_key: the uint8 mask key (``AnomalyScored``).
         name_key, source_key: the case's name and its image file or DICOM series folder.
         writes: where the writing runs (`BackgroundWrites`, whose ``wait`` reports failures); None: now.
+        outputs: the case's outputs, names of ``io.writers.CASE_WRITERS``, written in this order.
+
+    Raises:
+        ConfigValueError: an output name that is not registered.
 
     The case's ``score``, ``max_slice``, ``threshold``, ``image_threshold`` and ``decision``
     (``AnomalyScored``) go into the manifest. Sets ``case_folder`` and ``name`` (the folder written and the
@@ -265,12 +268,17 @@ class SaveCaseOutputsd(MapTransform):
         name_key: str = "name",
         source_key: str = "source",
         writes: BackgroundWrites | None = None,
+        outputs: Sequence[str] = DEFAULT_OUTPUTS,
     ):
         super().__init__(keys)
+        unknown = [name for name in outputs if name not in CASE_WRITERS]
+        if unknown:
+            raise ConfigValueError(f"--outputs {unknown}: not a case output; the outputs are {', '.join(CASE_WRITERS)}")
         self.output_dir = Path(output_dir)
         self.identity = dict(identity or {})
         self.mask_key, self.name_key, self.source_key = mask_key, name_key, source_key
         self.writes = writes
+        self.outputs = tuple(outputs)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -289,7 +297,7 @@ class SaveCaseOutputsd(MapTransform):
             "decision": d["decision"],
             **self.identity,
         }
-        write = partial(self._write, name, source, anomaly_map, mask, affine, manifest)
+        write = partial(self._write, name, CaseArrays(source, anomaly_map, mask, affine), manifest)
         if self.writes is None:
             name = write()
         else:  # the name it gets is known once written (a concurrent run may take this one meanwhile)
@@ -297,7 +305,7 @@ class SaveCaseOutputsd(MapTransform):
         d[self.name_key], d["case_folder"] = name, str(self.output_dir / name)
         return d
 
-    def _write(self, name: str, source: str, anomaly_map, mask, affine, manifest: dict) -> str:
+    def _write(self, name: str, case: CaseArrays, manifest: dict) -> str:
         """Stage the case's outputs and manifest, then move them into place; returns the name it got.
 
         A full or read-only folder is no case's fault: it stops the run (``errors.OutputError``)."""
@@ -305,18 +313,13 @@ class SaveCaseOutputsd(MapTransform):
             staging = self.output_dir / f".{name}.tmp-{secrets.token_hex(4)}"
             try:
                 staging.mkdir(parents=True)
-                files = {
-                    "anomaly_map": f"{name}_anomaly_map.nii.gz",
-                    "anomaly_mask": f"{name}_anomaly_mask.nii.gz",
-                    "segmentation": f"{name}_anomaly.seg.nrrd",
-                }
-                write_anomaly_map(staging / files["anomaly_map"], anomaly_map, affine)
-                write_anomaly_mask(staging / files["anomaly_mask"], mask, affine)
-                write_slicer_segmentation(staging / files["segmentation"], mask, affine)
-                if os.path.isdir(source) and mask.ndim == 3:
-                    files["dicom_seg"] = f"{name}_anomaly_seg.dcm"
-                    write_dicom_seg(staging / files["dicom_seg"], mask, source, affine=affine)
-                manifest = {**manifest, "outputs": list(files.values())}
+                files = []
+                for output in self.outputs:
+                    writer = CASE_WRITERS[output]
+                    if writer.applies(case):
+                        files.append(f"{name}{writer.suffix}")
+                        writer.write(staging / files[-1], case)
+                manifest = {**manifest, "outputs": files}
                 _write_manifest(staging, name, manifest)
                 return _commit(staging, self.output_dir, name, manifest)
             except BaseException:

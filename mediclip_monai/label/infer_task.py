@@ -45,7 +45,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from mediclip_monai.errors import ConfigValueError, DataError, MediclipError, reason_of
 from mediclip_monai.io.outputs import SaveCaseOutputsd
-from mediclip_monai.io.writers import write_anomaly_map, write_anomaly_mask
+from mediclip_monai.io.writers import CASE_WRITERS, CaseArrays
 from mediclip_monai.label import options as opt
 from mediclip_monai.label.model_store import file_version
 
@@ -55,8 +55,10 @@ LABEL_NAMES = {"anomaly": 1}
 # The options of an infer request (and of the app's --conf); threshold and batch_size are inference.json's.
 INFER_OPTIONS = ("threshold", "batch_size", "anomaly_branch", "device")
 RECIPE_KEYS = ("threshold", "batch_size")
-# Postprocessing transforms that write a batch run's output folder; MONAI Label writes its own result.
+# Postprocessing transforms that write a batch run's output folder; MONAI Label writes its own result:
 BATCH_WRITERS = (SaveCaseOutputsd,)
+# the label it returns and the map it keeps, from the case outputs of a batch run (io.writers.CASE_WRITERS).
+LABEL_OUTPUTS = ("anomaly_mask", "anomaly_map")
 
 
 class StudyReadError(ValueError):
@@ -249,14 +251,14 @@ class AnomalyInferTask(BasicInferTask):
         return [t for t in post.transforms if not isinstance(t, BATCH_WRITERS)]
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[str, dict]:
-        """Mask and map as NIfTI temporary files; MONAI Label sends the mask and deletes it, the app
-        moves the map to where it is kept (see ``MediCLIPApp.infer``)."""
+        """Mask and map as temporary files, written by the case outputs of a batch run (``io.writers.CASE_WRITERS``:
+        ``anomaly_mask``, ``anomaly_map``); MONAI Label sends the mask and deletes it, the app moves the map to
+        where it is kept (see ``MediCLIPApp.infer``)."""
         affine = np.asarray(data["image"].affine.cpu(), dtype=np.float64)
         mask = np.asarray(data["mask"][0].cpu(), dtype=np.uint8)
-        mask_path = _temporary_path("_anomaly_mask.nii.gz")
-        map_path = _temporary_path("_anomaly_map.nii.gz")
-        write_anomaly_mask(mask_path, mask, affine)
-        write_anomaly_map(map_path, np.asarray(data[self.output_label_key][0].cpu(), dtype=np.float32), affine)
+        anomaly_map = np.asarray(data[self.output_label_key][0].cpu(), dtype=np.float32)
+        case = CaseArrays(str(data.get("image_path", "")), anomaly_map, mask, affine)
+        mask_path, map_path = (_write_output(output, case) for output in LABEL_OUTPUTS)
         result = {key: data[key] for key in ("score", "max_slice", "threshold", "image_threshold", "decision")}
         result["anomaly_branch"] = self._current.network.anomaly_branch
         result["model_modified"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._current.modified))
@@ -265,7 +267,10 @@ class AnomalyInferTask(BasicInferTask):
         return mask_path, result
 
 
-def _temporary_path(suffix: str) -> str:
-    handle, path = tempfile.mkstemp(prefix="mediclip_", suffix=suffix)
+def _write_output(output: str, case: CaseArrays) -> str:
+    """The case output ``output`` written to a temporary file; its path."""
+    writer = CASE_WRITERS[output]
+    handle, path = tempfile.mkstemp(prefix="mediclip_", suffix=writer.suffix)
     os.close(handle)
+    writer.write(path, case)
     return path

@@ -46,7 +46,7 @@ from .preprocessing import (
 from .shapes import Hypershape, deformed_hypershape, perlin_blob, perlin_noise, perlin_noise_2d
 from .synthesis import (
     DEFAULT_SYNTHESIS_TASKS,
-    SYNTHESIS_TASK_NAMES,
+    SYNTHESIS_TASKS,
     AnomalyPlacement,
     IdentityAnomaly,
     RandAnomalySynthesis,
@@ -55,16 +55,19 @@ from .synthesis import (
     RandSinkDeformation,
     RandSmoothIntensityChange,
     RandSourceDeformation,
+    SynthesisTask,
     as_image_array,
     make_synthesis_task,
     normalise_task_probabilities,
     shape_centre,
+    synthesis_task,
+    unchanged_tasks,
 )
 
 __all__ = [
     "DEFAULT_SYNTHESIS_TASKS",
     "MODEL_GRID_AFFINE",
-    "SYNTHESIS_TASK_NAMES",
+    "SYNTHESIS_TASKS",
     "AnomalyPlacement",
     "AnomalyScored",
     "AnomalyTruthd",
@@ -104,6 +107,7 @@ __all__ = [
     "ReadImaged",
     "ScaleIntensityRobustd",
     "SplitBranchesd",
+    "SynthesisTask",
     "as_image_array",
     "deformed_hypershape",
     "make_synthesis_task",
@@ -112,4 +116,6 @@ __all__ = [
     "perlin_noise",
     "perlin_noise_2d",
     "shape_centre",
+    "synthesis_task",
+    "unchanged_tasks",
 ]

@@ -27,6 +27,7 @@ from ..data.loading import views_to_volume, volume_to_views
 from ..networks.token_cache import PatchTokenCache
 from ..precision import FLOAT32, Precision
 from ..transforms.preprocessing import ClipInput
+from ..transforms.synthesis import unchanged_tasks
 
 __all__ = ["CachedTokenInferer", "SliceWiseInferer"]
 
@@ -119,7 +120,7 @@ class CachedTokenInferer(Inferer):
     The inputs of a batch carry names (``cache_keys``, one per image) and, for training, the synthesis task
     each image went through (``tasks``). An image may be reused when it comes back unchanged: every
     validation image (no ``tasks``), and in training an image whose task is in ``reusable_tasks`` (the
-    Identity task gives the shot as it is). The rest run through the backbone as one batch, exactly as
+    tasks that leave the shot as it is: Identity). The rest run through the backbone as one batch, exactly as
     without the cache, and the heads then run on the whole batch through the network's own forward (so
     DistributedDataParallel still sees the call). A training image's tokens are computed on their own
     (a batch of one), never inside another batch: they are then the same whichever batch first met the
@@ -129,7 +130,8 @@ class CachedTokenInferer(Inferer):
 
     Args:
         cache: where the tokens are kept; None runs ``network(inputs)`` as `SimpleInferer` does.
-        reusable_tasks: training tasks that leave the image unchanged.
+        reusable_tasks: training tasks that leave the image unchanged; None: those the synthesis tasks declare
+            so (``transforms.synthesis.unchanged_tasks``).
         precision: the network's precision (`mediclip_monai.precision`), for every batch; the output is
             float32 whatever it is.
     """
@@ -137,12 +139,12 @@ class CachedTokenInferer(Inferer):
     def __init__(
         self,
         cache: PatchTokenCache | None,
-        reusable_tasks: Sequence[str] = ("Identity",),
+        reusable_tasks: Sequence[str] | None = None,
         precision: Precision = FLOAT32,
     ) -> None:
         super().__init__()
         self.cache = cache
-        self.reusable_tasks = frozenset(reusable_tasks)
+        self.reusable_tasks = frozenset(unchanged_tasks() if reusable_tasks is None else reusable_tasks)
         self.precision = precision
 
     def __call__(

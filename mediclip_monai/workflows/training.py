@@ -16,7 +16,7 @@ import torch
 from ..data.datalists import check_entries, load_datalist, sample_k_shot
 from ..data.loading import load_training_slices
 from ..errors import DataError
-from ..transforms import DEFAULT_SYNTHESIS_TASKS, RandAnomalySynthesisd
+from ..transforms import DEFAULT_SYNTHESIS_TASKS, SYNTHESIS_TASKS, RandAnomalySynthesisd
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,11 @@ def make_validation_set(
     Pairing keeps the set balanced, so image AUROC is always defined, and it is drawn once from ``seed``,
     so every validation round scores the same cases.
     """
-    tasks = {name: p for name, p in (synthesis_tasks or DEFAULT_SYNTHESIS_TASKS).items() if name != "Identity"}
-    if not tasks:  # an Identity-only recipe still needs anomalous validation cases
-        tasks = {name: p for name, p in DEFAULT_SYNTHESIS_TASKS.items() if name != "Identity"}
+    def painting(mixture: dict) -> dict:
+        return {name: p for name, p in mixture.items() if SYNTHESIS_TASKS[name].changes_image}
+
+    # an Identity-only recipe still needs anomalous validation cases
+    tasks = painting(synthesis_tasks or DEFAULT_SYNTHESIS_TASKS) or painting(DEFAULT_SYNTHESIS_TASKS)
     synthesis = RandAnomalySynthesisd(keys="image", label_key="label", tasks=tasks, support_images=support_images)
     synthesis.set_random_state(seed)
     validation = []
