@@ -39,12 +39,35 @@ def test_without_the_sdk_the_app_names_the_extra_to_install(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
+needs_deploy_env = pytest.mark.skipif(
     not DEPLOY_PYTHON.exists(),
     reason=f"MONAI Deploy environment not found at {DEPLOY_PYTHON}; make it with scripts/setup_deploy_env.sh "
     "(or set MEDICLIP_DEPLOY_PYTHON)",
 )
+
+
+def test_the_packaged_app_installs_the_projects_own_dependency_pins():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((Path(REPO) / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = (Path(REPO) / "deploy" / "requirements.txt").read_text().splitlines()
+    required = [line for line in lines if line.strip() and not line.startswith("#")]
+    assert required and set(required) <= set(project)
+
+
+@needs_deploy_env
+def test_app_yaml_is_a_valid_package_configuration():
+    check = (
+        "import sys; from pathlib import Path; "
+        "from holoscan_cli.packager.config_reader import ApplicationConfiguration; "
+        "c = ApplicationConfiguration(); c.read(Path(sys.argv[1])); print(c.title())"
+    )
+    result = cli([str(DEPLOY_PYTHON), "-c", check, os.path.join(REPO, "deploy", "app.yaml")], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "MediCLIP anomaly detection - DICOM SEG and Parametric Map"
+
+
+@pytest.mark.slow
+@needs_deploy_env
 def test_the_app_turns_the_demo_series_into_seg_parametric_map_and_report(demo_dir, trained, tmp_path):
     bundle = tmp_path / "models" / "mediclip"  # a MONAI Application Package's layout: the bundle one folder down
     shutil.copytree(os.path.join(REPO, "bundle", "configs"), bundle / "configs")
