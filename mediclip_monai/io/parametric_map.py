@@ -26,9 +26,7 @@ from .writers import (
     _as_numpy,
     _check_spatial,
     _derivable_series,
-    _derived_series_number,
-    _package_version,
-    _with_type2_attributes,
+    _derived_object,
 )
 
 __all__ = ["write_parametric_map"]
@@ -86,18 +84,9 @@ def write_parametric_map(
         window_width=[1.0],
         window_explanation=["0.5 = mask threshold" if scale.name == "normalised" else "probability 0 to 1"],
     )
-    version = _package_version()
     parametric_map = hd.pm.ParametricMap(
-        source_images=_with_type2_attributes(series.datasets),
+        **_derived_object(series, PARAMETRIC_MAP_SERIES_OFFSET),
         pixel_array=frames,
-        series_instance_uid=hd.UID(),
-        series_number=_derived_series_number(series, PARAMETRIC_MAP_SERIES_OFFSET),
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="mediclip-monai",
-        manufacturer_model_name="MediCLIP",
-        software_versions=version,
-        device_serial_number="none",
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[window],

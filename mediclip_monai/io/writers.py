@@ -343,9 +343,23 @@ SEG_SERIES_OFFSET = 1000
 PARAMETRIC_MAP_SERIES_OFFSET = 1001
 
 
-def _derived_series_number(series: DicomSeries, offset: int) -> int:
+def _derived_object(series: DicomSeries, offset: int) -> dict:
+    """What a derived object (SEG, Parametric Map) of ``series`` says about itself, as highdicom arguments: its
+    source images, new series and instance UIDs, its series number (the source's + ``offset``), the software."""
+    import highdicom as hd
+
     number = series.datasets[0].get("SeriesNumber")
-    return (int(number) if number not in (None, "") else 0) + offset
+    return {
+        "source_images": _with_type2_attributes(series.datasets),
+        "series_instance_uid": hd.UID(),
+        "series_number": (int(number) if number not in (None, "") else 0) + offset,
+        "sop_instance_uid": hd.UID(),
+        "instance_number": 1,
+        "manufacturer": "mediclip-monai",
+        "manufacturer_model_name": "MediCLIP",
+        "software_versions": _package_version(),
+        "device_serial_number": "none",
+    }
 
 
 def write_dicom_seg(
@@ -386,7 +400,6 @@ def write_dicom_seg(
     data = _as_numpy(mask) > 0
     _check_spatial(data, "mask")
     frames = series.frames(data, None if affine is None else _affine_4x4(affine, 3)).astype(np.uint8)
-    version = _package_version()
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=segment_label,
@@ -396,22 +409,14 @@ def write_dicom_seg(
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name="MediCLIP",
             family=Code("123110", "DCM", "Artificial Intelligence"),
-            version=version,
+            version=_package_version(),
         ),
     )
     seg = hd.seg.Segmentation(
-        source_images=_with_type2_attributes(series.datasets),
+        **_derived_object(series, SEG_SERIES_OFFSET),
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
-        series_instance_uid=hd.UID(),
-        series_number=_derived_series_number(series, SEG_SERIES_OFFSET),
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="mediclip-monai",
-        manufacturer_model_name="MediCLIP",
-        software_versions=version,
-        device_serial_number="none",
         series_description="MediCLIP anomaly",
         content_label="ANOMALY",
         content_description="MediCLIP anomaly mask",
