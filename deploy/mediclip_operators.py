@@ -43,14 +43,14 @@ def stage_series(series, root: Path) -> Path:
     tail = re.sub(r"\D", "", str(first.get("SeriesInstanceUID", "")))[-8:]
     name = f"{first.get('Modality', 'series')}_series{first.get('SeriesNumber', '')}_{tail}"
     folder = root / re.sub(r"[^A-Za-z0-9_-]", "_", name)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True)
     for index, instance in enumerate(instances):
         (folder / f"{index:05d}.dcm").symlink_to(Path(instance.filename).resolve())
     return folder
 
 
-def run_bundle_inference(bundle: Path, series_root: Path, output_dir: Path, overrides: dict) -> list[Path]:
-    """The bundle's inference.json on every series folder under ``series_root``; the case folders it wrote."""
+def run_bundle_inference(bundle: Path, staged: list[Path], output_dir: Path, overrides: dict) -> list[Path]:
+    """The bundle's inference.json on the staged series folders (all in one folder); their case folders."""
     from monai.bundle import ConfigWorkflow
 
     configs = bundle / "configs"
@@ -60,7 +60,7 @@ def run_bundle_inference(bundle: Path, series_root: Path, output_dir: Path, over
         workflow_type="infer",
         bundle_root=str(bundle),
         ckpt_dir=str(bundle / "models"),
-        input=str(series_root),
+        input=str(staged[0].parent),
         output_dir=str(output_dir),
         num_workers=0,
         **overrides,
@@ -69,7 +69,8 @@ def run_bundle_inference(bundle: Path, series_root: Path, output_dir: Path, over
     workflow.run()
     workflow.finalize()
     cases = json.loads((output_dir / "cases.json").read_text(encoding="utf-8"))
-    return [output_dir / name for name in sorted(cases)]
+    sources = {folder.resolve() for folder in staged}
+    return [output_dir / name for name, case in sorted(cases.items()) if Path(case["source"]).resolve() in sources]
 
 
 class MediclipInferenceOperator(Operator):
@@ -99,7 +100,8 @@ class MediclipInferenceOperator(Operator):
 
     def compute(self, op_input, op_output, context):
         selections = op_input.receive("study_selected_series_list") or []
-        series_root = self.work_dir / "series"
+        series_root = (self.work_dir / "series").resolve()
+        shutil.rmtree(series_root, ignore_errors=True)  # a work folder used before: this run's series only
         chosen = [selected.series for study in selections for selected in study.selected_series]
         staged = [stage_series(series, series_root) for series in chosen]
         if not staged:
@@ -107,7 +109,7 @@ class MediclipInferenceOperator(Operator):
             op_output.emit([], "case_folders")
             return
         logger.info(f"MediCLIP inference on {len(staged)} series: {', '.join(f.name for f in staged)}")
-        op_output.emit(run_bundle_inference(self.bundle, series_root, self.work_dir / "cases", self.overrides),
+        op_output.emit(run_bundle_inference(self.bundle, staged, self.work_dir / "cases", self.overrides),
                        "case_folders")  # fmt: skip
 
 
