@@ -3,14 +3,15 @@
 Layout of ``<output_dir>``::
 
     <name>/<name>_anomaly_map.nii.gz, <name>_anomaly_mask.nii.gz, <name>_anomaly.seg.nrrd,
-           [<name>_anomaly_seg.dcm,] <name>_case.json      (the case's manifest, written last)
+           [<name>_anomaly_seg.dcm, <name>_anomaly_map.dcm,] <name>_case.json   (the manifest, written last)
     scores.csv, cases.json                                    (the index of every case folder)
 
 - A case is written into a hidden staging folder (``.<name>.tmp-XXXXXXXX``) and renamed into place once
   every output and its manifest are there: a case folder is complete or absent, never half-written.
-- The manifest records the case's source, score, slice of the maximum, threshold, decision, model and
-  outputs. A folder whose manifest names the same source, threshold and model, and whose outputs all
-  exist, is complete: a re-run skips it (``overwrite`` redoes it).
+- The manifest records the case's source, score, slice of the maximum, threshold, decision, model, the
+  scale of the map files (``map_scale``, see ``mediclip_monai.map_scale``) and outputs. A folder whose
+  manifest names the same source, threshold and model, and whose outputs all exist, is complete: a re-run
+  skips it (``overwrite`` redoes it).
 - A name held on disk by another source (or by a folder without a manifest) is never reused: the case
   takes the next free name, ``<name>_2``, ``<name>_3``, ...
 - ``scores.csv`` and ``cases.json`` are rebuilt from the manifests on disk at the end of every run (and
@@ -40,7 +41,9 @@ from monai.transforms import MapTransform
 from ..data.cases import Case
 from ..engines import describe_failure
 from ..errors import OutputError, reason_of, writing_into
+from ..map_scale import MapScale
 from .atomic import atomic_write
+from .parametric_map import write_parametric_map
 from .writers import (
     write_anomaly_map,
     write_anomaly_mask,
@@ -239,9 +242,10 @@ class SaveCaseOutputsd(MapTransform):
     """Write one case's outputs into ``<output_dir>/<name>/``, all or none, ending with its manifest.
 
     Outputs (see the module docstring for the folder rules), all on the input's voxel grid (the map's
-    affine): ``<name>_anomaly_map.nii.gz`` (float32), ``<name>_anomaly_mask.nii.gz`` (uint8),
-    ``<name>_anomaly.seg.nrrd`` (3D Slicer segmentation) and, for a DICOM series input,
-    ``<name>_anomaly_seg.dcm`` (DICOM SEG referencing the series).
+    affine): ``<name>_anomaly_map.nii.gz`` (float32, in the scale of ``map_scale``), ``<name>_anomaly_mask.nii.gz``
+    (uint8), ``<name>_anomaly.seg.nrrd`` (3D Slicer segmentation) and, for a DICOM series input,
+    ``<name>_anomaly_seg.dcm`` (DICOM SEG) and ``<name>_anomaly_map.dcm`` (DICOM Parametric Map of the map), both
+    referencing the series.
 
     Args:
         output_dir: the run's output folder.
@@ -251,6 +255,7 @@ class SaveCaseOutputsd(MapTransform):
         mask_key: the uint8 mask key (``AnomalyScored``).
         name_key, source_key: the case's name and its image file or DICOM series folder.
         writes: where the writing runs (`BackgroundWrites`, whose ``wait`` reports failures); None: now.
+        map_scale: the scale the map files are written in (`MapScale`); None: the branch's own values.
 
     The case's ``score``, ``max_slice``, ``threshold``, ``image_threshold`` and ``decision``
     (``AnomalyScored``) go into the manifest. Sets ``case_folder`` and ``name`` (the folder written and the
@@ -266,12 +271,14 @@ class SaveCaseOutputsd(MapTransform):
         name_key: str = "name",
         source_key: str = "source",
         writes: BackgroundWrites | None = None,
+        map_scale: MapScale | None = None,
     ):
         super().__init__(keys)
         self.output_dir = Path(output_dir)
         self.identity = dict(identity or {})
         self.mask_key, self.name_key, self.source_key = mask_key, name_key, source_key
         self.writes = writes
+        self.map_scale = map_scale or MapScale()
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -288,6 +295,7 @@ class SaveCaseOutputsd(MapTransform):
             "threshold": float(d["threshold"]),
             "image_threshold": float(d["image_threshold"]),
             "decision": d["decision"],
+            **self.map_scale.describe(),
             **self.identity,
         }
         write = partial(self._write, name, source, anomaly_map, mask, affine, manifest)
@@ -311,12 +319,17 @@ class SaveCaseOutputsd(MapTransform):
                     "anomaly_mask": f"{name}_anomaly_mask.nii.gz",
                     "segmentation": f"{name}_anomaly.seg.nrrd",
                 }
-                write_anomaly_map(staging / files["anomaly_map"], anomaly_map, affine)
+                scale = self.map_scale
+                anomaly_map = scale.written(anomaly_map)
+                write_anomaly_map(staging / files["anomaly_map"], anomaly_map, affine, description=scale.label())
                 write_anomaly_mask(staging / files["anomaly_mask"], mask, affine)
-                write_slicer_segmentation(staging / files["segmentation"], mask, affine)
+                scale_fields = {"MediCLIP_map_scale": scale.name, "MediCLIP_map_mask_level": f"{scale.mask_level:g}"}
+                write_slicer_segmentation(staging / files["segmentation"], mask, affine, fields=scale_fields)
                 if os.path.isdir(source) and mask.ndim == 3:
                     files["dicom_seg"] = f"{name}_anomaly_seg.dcm"
                     write_dicom_seg(staging / files["dicom_seg"], mask, source, affine=affine)
+                    files["parametric_map"] = f"{name}_anomaly_map.dcm"
+                    write_parametric_map(staging / files["parametric_map"], anomaly_map, source, affine, scale)
                 manifest = {**manifest, "outputs": list(files.values())}
                 _write_manifest(staging, name, manifest)
                 return _commit(staging, self.output_dir, name, manifest)
