@@ -10,6 +10,7 @@ directory.
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,3 +52,20 @@ def in_turns(script: str, args: list[str], rev: str, rounds: int) -> tuple[list[
             before.append(run_json(script, args, tree))
             now.append(run_json(script, args))
     return before, now
+
+
+def medians_in_turns(script: str, rev: str, rounds: int) -> tuple[dict, dict]:
+    """The median figures of ``script`` at ``rev`` and on this checkout, ``rounds`` runs of each in turns, with
+    this command line's arguments but ``--before REV``."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg == "--before":
+            skip = not skip
+            continue
+        args.append(arg)
+    before, now = in_turns(script, args, rev, rounds)
+
+    def medians(results: list[dict]) -> dict:
+        return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+    return medians(before), medians(now)

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--epochs", type=int, default=12)
@@ -138,15 +137,11 @@ def main() -> None:
     if not args.before:
         print(line("now", measure(**run)))
         return
-    from before_after import in_turns
+    from before_after import medians_in_turns
 
-    forwarded = [a for a in sys.argv[1:] if a not in ("--before", args.before)]
-    before, now = in_turns(os.path.abspath(__file__), forwarded, args.before, args.rounds)
-    summary = {}
-    for label, results in ((f"before ({args.before})", before), ("now", now)):
-        summary[label] = {key: statistics.median(r[key] for r in results) for key in results[0]}
-        print(line(label, summary[label]) + f" (median of {len(results)} runs)")
-    b, n = summary[f"before ({args.before})"], summary["now"]
+    b, n = medians_in_turns(os.path.abspath(__file__), args.before, args.rounds)
+    for label, figures in ((f"before ({args.before})", b), ("now", n)):
+        print(line(label, figures) + f" (median of {args.rounds} runs)")
     print(
         f"epoch: {b['epoch'] / n['epoch']:.1f}x faster; the rest (beside training and validation): "
         f"{b['rest']:.3f} -> {n['rest']:.3f} s (target <= 0.25 s per epoch on 2 idle cores)"

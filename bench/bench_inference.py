@@ -26,8 +26,6 @@ before.
 import argparse
 import json
 import os
-import statistics
-import sys
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--clip_model", default="ViT-B-16")
@@ -153,15 +151,11 @@ def main() -> None:
     if not args.before:
         print(describe("now", measure()))
         return
-    from before_after import in_turns
+    from before_after import medians_in_turns
 
-    forwarded = [a for a in sys.argv[1:] if a not in ("--before", args.before)]
-    before, now = in_turns(os.path.abspath(__file__), forwarded, args.before, args.rounds)
-    medians = {}
-    for label, results in ((f"before ({args.before})", before), ("now", now)):
-        medians[label] = {key: statistics.median(r[key] for r in results) for key in results[0]}
-        print(describe(label, medians[label]) + f" (median of {len(results)} runs)")
-    b, n = (medians[f"before ({args.before})"], medians["now"])
+    b, n = medians_in_turns(os.path.abspath(__file__), args.before, args.rounds)
+    for label, figures in ((f"before ({args.before})", b), ("now", n)):
+        print(describe(label, figures) + f" (median of {args.rounds} runs)")
     overhead = [(r["end_to_end"] - r["network"]) / r["slices"] for r in (b, n)]
     print(f"time per slice that is not the network: {overhead[0] / overhead[1]:.1f}x smaller (target >= 3x)")
 

@@ -58,6 +58,7 @@ EXTRA_PACKAGES = {
     "onnx": ("ONNX export", "export"),
     "onnxscript": ("ONNX export", "export"),
     "onnxruntime": ("Running the exported ONNX model", "export"),
+    "holoscan": ("The MediCLIP MONAI Deploy app", "deploy"),
 }
 
 

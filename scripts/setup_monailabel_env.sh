@@ -6,11 +6,9 @@
 # Why a separate environment: monailabel 0.8.5 imports pydicom_seg, which breaks on pydicom 3, so the
 # server needs pydicom 2.4.4 while the rest of the project uses pydicom 3 (highdicom).
 #
-# How: the venv sees the packages of the interpreter that runs this script (a .pth file adds that
-# interpreter's site-packages after the venv's own), so torch, monai, open_clip and the project's other
-# dependencies are not installed again, and the venv's own pydicom 2 wins for the server alone. This
-# works whether that interpreter is the system's or a virtual environment itself (--system-site-packages
-# would reach only the base interpreter, not the packages installed in the user's venv). monailabel itself is installed without
+# How: the venv sees the packages of the interpreter that runs this script (scripts/layered_venv.sh), so
+# torch, monai, open_clip and the project's other dependencies are not installed again, and the venv's own
+# pydicom 2 wins for the server alone. monailabel itself is installed without
 # its dependency list: that list would pull mlflow, sam2, openslide, lmdb, gdown and a numpy<2
 # (pydicom-seg's pin) into the venv, none of which serving this app needs. Instead the packages the
 # server imports are listed below, pinned to versions tested together with monai 1.6.1 and torch
@@ -61,34 +59,9 @@ runtime=(
 )
 
 start=$SECONDS
-if ! "$python" -c "import torch, monai, open_clip" >/dev/null 2>&1; then
-    echo "error: $python lacks torch/monai/open_clip; install the project first (pip install -e .)," >&2
-    echo "or name the interpreter that has it: PYTHON=/path/to/python $0 $*" >&2
-    exit 1
-fi
-if [ ! -x "$venv/bin/python" ]; then
-    echo "creating $venv (on the packages of $python)"
-    "$python" -m venv "$venv"
-fi
-# The venv reuses compiled packages of $python, so both must be the same Python version.
-version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
-if [ "$(version "$venv/bin/python")" != "$(version "$python")" ]; then
-    echo "error: $venv was made with Python $(version "$venv/bin/python"), but $python is Python" \
-        "$(version "$python"); remove $venv (or give another folder) and run this again" >&2
-    exit 1
-fi
-# One line per site folder of the running interpreter: site.addsitedir appends it to sys.path after the
-# venv's own site-packages and also runs its .pth files (editable installs).
-"$python" - "$venv" <<'PY'
-import subprocess, sys
-venv = sys.argv[1]
-target = subprocess.check_output(
-    [f"{venv}/bin/python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
-).strip()
-folders = [p for p in sys.path if p.rstrip("/").endswith(("site-packages", "dist-packages")) and p != target]
-with open(f"{target}/_mediclip_base_packages.pth", "w") as f:
-    f.write("".join(f"import site; site.addsitedir({folder!r})\n" for folder in folders))
-PY
+# shellcheck source=scripts/layered_venv.sh
+. "$repo/scripts/layered_venv.sh"
+make_layered_venv "$venv" "$python"
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 echo "installing monailabel 0.8.5 and the server's runtime packages into $venv"
 echo "(pip may list monailabel's unused extras, pydicom-seg's numpy<2 pin and the pydicom>=3 of highdicom and"

@@ -11,6 +11,12 @@ each case the script loads the source image (a file with ``slicer.util.loadVolum
 folder through Slicer's DICOM database), the anomaly map as a coloured foreground overlay (opacity 0.4)
 and the anomaly segmentation. Without a source, the map alone is shown.
 
+Each case's manifest (``<name>_case.json``) says which scale its map is in (``map_scale``): ``probability``
+(the branch's values) or ``normalised`` (0.5 = the mask threshold of the model, see
+``mediclip_monai/map_scale.py``), and where its mask was cut in that scale (``map_mask_level``). The case
+list prints both; the colour window is 0 to 1 for both scales, so on a normalised map the middle colour is
+the threshold, and values below a quarter (normalised) or 0.05 (probability) are drawn transparent.
+
 The first case (or ``--case NAME``) is loaded and the list of cases is printed; in Slicer's Python
 console, ``next_case()`` moves on and ``show_case("name")`` jumps to a case.
 
@@ -31,6 +37,7 @@ MAP_SUFFIX = "_anomaly_map.nii.gz"
 MASK_SUFFIX = "_anomaly_mask.nii.gz"
 SEGMENTATION_SUFFIX = "_anomaly.seg.nrrd"
 CASES_FILE = "cases.json"
+MANIFEST_SUFFIX = "_case.json"
 
 # Slicer colour tables for the map, best first (IDs of the tables Slicer ships).
 MAP_COLOR_NODE_IDS = (
@@ -39,19 +46,23 @@ MAP_COLOR_NODE_IDS = (
     "vtkMRMLColorTableNodeRainbow",
 )
 MAP_OPACITY = 0.4
-# Map values below this are drawn transparent, so the overlay does not tint normal tissue.
-MAP_VISIBLE_FROM = 0.05
+# Map values below this are drawn transparent, so the overlay does not tint normal tissue: per scale, as a
+# normalised map puts normal tissue just under its 0.5 threshold.
+MAP_VISIBLE_FROM = {"probability": 0.05, "normalised": 0.25}
 
 
 @dataclass(frozen=True)
 class ReviewCase:
-    """The files of one case. ``mask``, ``segmentation`` and ``source`` are None when absent."""
+    """The files of one case. ``mask``, ``segmentation`` and ``source`` are None when absent; ``map_scale`` and
+    ``mask_level`` (the mask's threshold in that scale) come from the case's manifest."""
 
     name: str
     anomaly_map: Path
     mask: Path | None = None
     segmentation: Path | None = None
     source: Path | None = None
+    map_scale: str = "probability"
+    mask_level: float | None = None
 
     @property
     def source_is_dicom_folder(self) -> bool:
@@ -109,14 +120,24 @@ def find_cases(output_dir: Path) -> list[ReviewCase]:
         mask = folder / f"{name}{MASK_SUFFIX}"
         segmentation = folder / f"{name}{SEGMENTATION_SUFFIX}"
         source = sources.get(name)
+        manifest = _read_json(folder / f"{name}{MANIFEST_SUFFIX}")
         cases.append(ReviewCase(
             name=name,
             anomaly_map=anomaly_map,
             mask=mask if mask.is_file() else None,
             segmentation=segmentation if segmentation.is_file() else None,
             source=source if source is not None and source.exists() else None,
+            map_scale=manifest.get("map_scale", "probability"),
+            mask_level=manifest.get("map_mask_level", manifest.get("threshold")),
         ))
     return cases
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def case_index(cases: list[ReviewCase], name: str | None) -> int:
@@ -134,7 +155,9 @@ def describe_cases(cases: list[ReviewCase], current: int | None = None) -> str:
     lines = [f"{len(cases)} MediCLIP case(s):"]
     for index, case in enumerate(cases):
         marker = ">" if index == current else " "
-        parts = ["map"]
+        parts = [f"{case.map_scale} map"]
+        if case.mask_level is not None:
+            parts[0] += f", mask at {case.mask_level:.3g}"
         if case.segmentation:
             parts.append("segmentation")
         source = f"source {case.source}" if case.source else "no source image"
@@ -162,7 +185,7 @@ def _load_dicom_folder(folder: Path):
     raise RuntimeError(f"no image volume loaded from DICOM folder {folder}")
 
 
-def _style_map(map_node) -> None:
+def _style_map(map_node, map_scale: str) -> None:
     import slicer
 
     display = map_node.GetDisplayNode()
@@ -170,11 +193,11 @@ def _style_map(map_node) -> None:
         if slicer.mrmlScene.GetNodeByID(color_id) is not None:
             display.SetAndObserveColorNodeID(color_id)
             break
-    # Fixed [0, 1] window: colours mean the same probability in every case.
+    # Fixed [0, 1] window: colours mean the same value in every case (on a normalised map, 0.5 the threshold).
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(0.0, 1.0)
     display.AutoThresholdOff()
-    display.SetLowerThreshold(MAP_VISIBLE_FROM)
+    display.SetLowerThreshold(MAP_VISIBLE_FROM.get(map_scale, MAP_VISIBLE_FROM["probability"]))
     display.SetUpperThreshold(1.0)
     display.ApplyThresholdOn()
 
@@ -190,8 +213,9 @@ def load_case(case: ReviewCase) -> None:
             source_node = _load_dicom_folder(case.source)
         else:
             source_node = slicer.util.loadVolume(str(case.source))
-    map_node = slicer.util.loadVolume(str(case.anomaly_map), {"name": f"{case.name} anomaly map", "show": False})
-    _style_map(map_node)
+    map_name = f"{case.name} anomaly map ({case.map_scale})"
+    map_node = slicer.util.loadVolume(str(case.anomaly_map), {"name": map_name, "show": False})
+    _style_map(map_node, case.map_scale)
     if source_node is not None:
         slicer.util.setSliceViewerLayers(background=source_node, foreground=map_node,
                                          foregroundOpacity=MAP_OPACITY, fit=True)

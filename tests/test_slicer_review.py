@@ -131,3 +131,18 @@ def test_main_outside_slicer_explains_how_to_run(review, run_dir, capsys):
     out, _, _ = run_dir
     assert review.main(["slicer_review.py", "--", str(out)]) == 2
     assert "Slicer --python-script" in capsys.readouterr().err
+
+
+def test_each_case_says_which_scale_its_map_is_in(review, run_dir):
+    out, _, _ = run_dir
+    manifest = {"name": "brain_1", "map_scale": "normalised", "map_mask_level": 0.5, "threshold": 0.0961}
+    (out / "brain_1" / "brain_1_case.json").write_text(json.dumps(manifest))
+    (out / "gone" / "gone_case.json").write_text(json.dumps({"name": "gone", "threshold": 0.43}))  # older manifest
+    brain, ct, gone = review.find_cases(out)
+    assert (brain.map_scale, brain.mask_level) == ("normalised", 0.5)
+    assert (gone.map_scale, gone.mask_level) == ("probability", 0.43)
+    assert (ct.map_scale, ct.mask_level) == ("probability", None)  # no manifest
+    lines = review.describe_cases([brain, ct, gone]).splitlines()
+    assert "(normalised map, mask at 0.5, segmentation;" in lines[1]
+    assert "(probability map;" in lines[2] and "(probability map, mask at 0.43, segmentation;" in lines[3]
+    assert review.MAP_VISIBLE_FROM["normalised"] < 0.5  # a normalised map's threshold is never hidden

@@ -131,6 +131,43 @@ class DicomSeries:
         axes = tuple(int(a) for a in np.argsort(target))  # for each series axis, the array axis feeding it
         return axes, flipped
 
+    def frames(self, volume, affine=None) -> np.ndarray:
+        """A volume on this series' voxels as frames ``(slices, rows, columns)``, frame k on `datasets` [k].
+
+        The frames of a DICOM object derived from the series (SEG, Parametric Map), each on its source image.
+
+        Args:
+            volume: ``(columns, rows, slices)`` array in MONAI's order (see `voxel_order`), any dtype; a
+                single image may be 2D ``(columns, rows)``.
+            affine: 4x4 RAS affine of ``volume`` (``MetaTensor.affine``); its slices are then matched to the
+                instances geometrically, so any reader's axis order works. ``None``: the volume is in MONAI
+                PydicomReader's order (slices by InstanceNumber).
+
+        Raises:
+            ValueError: the volume is not on the series' voxel grid, or (without ``affine``) the numbering
+                does not let PydicomReader's order be known.
+        """
+        data = np.asarray(volume)
+        if data.ndim == 2:
+            data = data[..., None]
+        if self.affine is not None:
+            if affine is None:
+                if self.numbering_problem:
+                    raise ValueError(
+                        f"{self.name()}: {self.numbering_problem}; MONAI's PydicomReader stacks slices by "
+                        "InstanceNumber, so its volume does not match the series geometry. Load the series with "
+                        "a reader that sorts by position (e.g. ITKReader) and pass that volume's `affine`."
+                    )
+                by_number = self.datasets
+                if len(by_number) > 1:
+                    by_number = sorted(by_number, key=lambda ds: int(ds.InstanceNumber))
+                affine = series_affine(by_number)  # the affine PydicomReader gives the series
+            axes, flipped = self.voxel_order(affine, data.shape)
+            data = np.transpose(np.flip(data, flipped), axes)
+        elif data.shape != self.shape:
+            raise ValueError(f"volume of shape {data.shape} does not match the image (columns, rows) {self.shape}")
+        return np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
+
 
 def scan_dicom_series(folder: str | os.PathLike, pixels: bool = False) -> DicomSeries:
     """Scan a folder (not recursively) for its one DICOM image series.

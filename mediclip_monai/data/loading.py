@@ -350,7 +350,7 @@ def _note_tilt(folder: Path, img: MetaTensor) -> None:
         f"{folder}: the slices step {np.degrees(np.arccos(min(cosine, 1.0))):.1f} degrees off their normal "
         "(gantry tilt); the sheared grid is kept, not resampled: the NIfTI map and mask hold it in their sform "
         "alone (nibabel reads them, ITK-based readers such as 3D Slicer's NIfTI loader refuse them), the "
-        ".seg.nrrd and the DICOM SEG hold it in full"
+        ".seg.nrrd, the DICOM SEG and Parametric Map hold it in full"
     )
 
 

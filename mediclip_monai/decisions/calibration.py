@@ -27,6 +27,8 @@ and on the held-out brain set of `mediclip_monai.data.heldout_brain`):
 - Image threshold: halfway between the median image score of the normal validation slices
   and that of the synthetic-anomaly ones (with 8-32 validation images a midpoint of medians is steadier
   than the threshold of best balanced accuracy).
+- Map range: the minimum and maximum of each branch's map over the validation pixels (anomalib's min-max
+  statistics), the span by which ``mediclip_monai.map_scale`` normalises a map around its threshold.
 - Default branch: ``fused``, fixed rather than chosen on validation, for the same reason as the weights
   (validation favours the ``mediclip`` branch; on both test sets of the experiment ``fused`` beat
   ``mediclip`` on pixel and image AUROC). A calibrated network writes it unless told another branch.
@@ -166,7 +168,8 @@ def calibrate(
 
     Returns:
         A plain dict (floats and strings only): ``fusion`` (per-branch center/scale/weight, Platt
-        ``slope``/``offset``), ``pixel_threshold`` and ``image_threshold`` per branch, the
+        ``slope``/``offset``), ``pixel_threshold``, ``image_threshold`` and ``map_range`` (the ``min`` and
+        ``max`` of the branch's validation maps, the span of ``map_scale``'s normalisation) per branch, the
         ``image_score`` rule, the ``default_branch``, and counts of the validation set.
     """
     mediclip, memory_bank, images = (convert_to_numpy(x, wrap_sequence=True) for x in (mediclip, memory_bank, images))
@@ -178,16 +181,18 @@ def calibrate(
     fusion = fusion_parameters(mediclip[normal], memory_bank[normal], images[normal], memory_bank_weight)
     fusion.update(platt_scaling(fused_score(mediclip, memory_bank, fusion), masks))
     maps = {"mediclip": mediclip, "memory_bank": memory_bank, "fused": fused_map(mediclip, memory_bank, fusion)}
-    pixel, decision = {}, {}
+    pixel, decision, value_range = {}, {}, {}
     for name, branch_maps in maps.items():
         pixel[name] = pixel_threshold(branch_maps, masks)
         decision[name] = image_threshold([image_score(m, i) for m, i in zip(branch_maps, images)], abnormal)
+        value_range[name] = {"min": float(branch_maps.min()), "max": float(branch_maps.max())}
     return {
         "fusion": fusion,
         "pixel_threshold": pixel,
         "pixel_threshold_rule": "max F1 over the validation pixels",
         "image_threshold": decision,
         "image_threshold_rule": "midway between the medians of normal and synthetic-anomaly validation scores",
+        "map_range": value_range,
         "image_score": {
             "rule": "mean of the top fraction of foreground pixels; a volume: max over its slices",
             "top_fraction": IMAGE_TOP_FRACTION,

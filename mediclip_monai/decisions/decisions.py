@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -69,6 +69,10 @@ class BranchDecisions:
     threshold: float
     image_threshold: float
     score_rule: Mapping | None = None
+
+    def with_threshold(self, threshold: float) -> BranchDecisions:
+        """The same decisions with the mask cut at ``threshold`` (a run's ``sensitivity``, see ``map_scale``)."""
+        return replace(self, threshold=float(threshold))
 
     def mask(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """uint8 mask: 1 where the map is at or above the threshold."""

@@ -3,16 +3,17 @@
 Layout of ``<output_dir>``::
 
     <name>/<name>_anomaly_map.nii.gz, <name>_anomaly_mask.nii.gz, <name>_anomaly.seg.nrrd,
-           [<name>_anomaly_seg.dcm,] <name>_case.json      (the case's manifest, written last)
+           [<name>_anomaly_seg.dcm, <name>_anomaly_map.dcm,] <name>_case.json   (the manifest, written last)
     scores.csv, cases.json                                    (the index of every case folder)
 
 The outputs of a case are those named in ``outputs`` (inference.json), from ``io.writers.CASE_WRITERS``.
 
 - A case is written into a hidden staging folder (``.<name>.tmp-XXXXXXXX``) and renamed into place once
   every output and its manifest are there: a case folder is complete or absent, never half-written.
-- The manifest records the case's source, score, slice of the maximum, threshold, decision, model and
-  outputs. A folder whose manifest names the same source, threshold and model, and whose outputs all
-  exist, is complete: a re-run skips it (``overwrite`` redoes it).
+- The manifest records the case's source, score, slice of the maximum, threshold, decision, model, the
+  scale of the map files (``map_scale``, see ``mediclip_monai.map_scale``) and outputs. A folder whose
+  manifest names the same source, threshold and model, and whose outputs all exist, is complete: a re-run
+  skips it (``overwrite`` redoes it).
 - A name held on disk by another source (or by a folder without a manifest) is never reused: the case
   takes the next free name, ``<name>_2``, ``<name>_3``, ...
 - ``scores.csv`` and ``cases.json`` are rebuilt from the manifests on disk at the end of every run (and
@@ -41,6 +42,7 @@ from monai.transforms import MapTransform
 
 from ..data.cases import Case
 from ..errors import ConfigValueError, OutputError, describe_failure, reason_of, writing_into
+from ..map_scale import MapScale
 from .atomic import atomic_write
 from .writers import CASE_WRITERS, CaseArrays, write_scores_csv
 
@@ -63,7 +65,7 @@ SCORES_FILE = "scores.csv"
 CASES_FILE = "cases.json"
 RESUME_HINT = "the cases written before are complete: run the same command again to go on"
 # What a case gets unless inference.json's ``outputs`` says otherwise (names of ``io.writers.CASE_WRITERS``).
-DEFAULT_OUTPUTS = ("anomaly_map", "anomaly_mask", "slicer_segmentation", "dicom_seg")
+DEFAULT_OUTPUTS = ("anomaly_map", "anomaly_mask", "slicer_segmentation", "dicom_seg", "parametric_map")
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -237,9 +239,10 @@ class SaveCaseOutputsd(MapTransform):
     """Write one case's outputs into ``<output_dir>/<name>/``, all or none, ending with its manifest.
 
     Outputs (see the module docstring for the folder rules), all on the input's voxel grid (the map's
-    affine): those named in ``outputs``; by default ``<name>_anomaly_map.nii.gz`` (float32),
-    ``<name>_anomaly_mask.nii.gz`` (uint8), ``<name>_anomaly.seg.nrrd`` (3D Slicer segmentation) and, for a
-    DICOM series input, ``<name>_anomaly_seg.dcm`` (DICOM SEG referencing the series).
+    affine): those named in ``outputs``; by default ``<name>_anomaly_map.nii.gz`` (float32, in the scale of
+    ``map_scale``), ``<name>_anomaly_mask.nii.gz`` (uint8), ``<name>_anomaly.seg.nrrd`` (3D Slicer segmentation)
+    and, for a DICOM series input, ``<name>_anomaly_seg.dcm`` (DICOM SEG) and ``<name>_anomaly_map.dcm`` (DICOM
+    Parametric Map of the map), both referencing the series.
 
     Args:
         output_dir: the run's output folder.
@@ -250,6 +253,7 @@ class SaveCaseOutputsd(MapTransform):
         name_key, source_key: the case's name and its image file or DICOM series folder.
         writes: where the writing runs (`BackgroundWrites`, whose ``wait`` reports failures); None: now.
         outputs: the case's outputs, names of ``io.writers.CASE_WRITERS``, written in this order.
+        map_scale: the scale the map files are written in (`MapScale`); None: the branch's own values.
 
     Raises:
         ConfigValueError: an output name that is not registered.
@@ -269,6 +273,7 @@ class SaveCaseOutputsd(MapTransform):
         source_key: str = "source",
         writes: BackgroundWrites | None = None,
         outputs: Sequence[str] = DEFAULT_OUTPUTS,
+        map_scale: MapScale | None = None,
     ):
         super().__init__(keys)
         unknown = [name for name in outputs if name not in CASE_WRITERS]
@@ -279,6 +284,7 @@ class SaveCaseOutputsd(MapTransform):
         self.mask_key, self.name_key, self.source_key = mask_key, name_key, source_key
         self.writes = writes
         self.outputs = tuple(outputs)
+        self.map_scale = map_scale or MapScale()
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -295,9 +301,11 @@ class SaveCaseOutputsd(MapTransform):
             "threshold": float(d["threshold"]),
             "image_threshold": float(d["image_threshold"]),
             "decision": d["decision"],
+            **self.map_scale.describe(),
             **self.identity,
         }
-        write = partial(self._write, name, CaseArrays(source, anomaly_map, mask, affine), manifest)
+        case = CaseArrays(source, self.map_scale.written(anomaly_map), mask, affine, self.map_scale)
+        write = partial(self._write, name, case, manifest)
         if self.writes is None:
             name = write()
         else:  # the name it gets is known once written (a concurrent run may take this one meanwhile)

@@ -40,9 +40,10 @@ import nibabel as nib
 import numpy as np
 from monai.utils import convert_to_numpy
 
-from ..data.dicom import DicomSeries, scan_dicom_series, series_affine, series_from_datasets
+from ..data.dicom import DicomSeries, scan_dicom_series, series_from_datasets
 from ..data.loading import SHEAR_TOLERANCE_VOXELS, shear_voxels
 from ..errors import DataError
+from ..map_scale import MapScale
 from .atomic import atomic_write
 
 __all__ = [
@@ -116,7 +117,7 @@ def _normal_third_axis(affine: np.ndarray) -> np.ndarray:
     return affine
 
 
-def _write_nifti(path, data: np.ndarray, affine: np.ndarray, gzip_level: int = 1) -> Path:
+def _write_nifti(path, data: np.ndarray, affine: np.ndarray, gzip_level: int = 1, description: str = "") -> Path:
     if data.ndim == 2:
         affine = _normal_third_axis(affine)
     image = nib.Nifti1Image(data, affine)
@@ -130,6 +131,7 @@ def _write_nifti(path, data: np.ndarray, affine: np.ndarray, gzip_level: int = 1
         image.set_qform(None, code=0)
     image.set_data_dtype(data.dtype)
     image.header.set_xyzt_units("mm", "sec")
+    image.header["descrip"] = description[:79]  # the header's one free-text field (80 bytes)
     path = Path(path)
     with atomic_write(path) as tmp:
         if path.name.endswith(".gz"):
@@ -140,7 +142,9 @@ def _write_nifti(path, data: np.ndarray, affine: np.ndarray, gzip_level: int = 1
     return path
 
 
-def write_anomaly_map(path: str | os.PathLike, anomaly_map, affine, gzip_level: int = MAP_GZIP_LEVEL) -> Path:
+def write_anomaly_map(
+    path: str | os.PathLike, anomaly_map, affine, gzip_level: int = MAP_GZIP_LEVEL, description: str = ""
+) -> Path:
     """Write an anomaly probability map as float32 NIfTI.
 
     Args:
@@ -149,6 +153,7 @@ def write_anomaly_map(path: str | os.PathLike, anomaly_map, affine, gzip_level: 
             are clipped to [0, 1]. NaN or inf is refused (it means a broken model output).
         affine: 4x4 voxel-to-world matrix in RAS millimetres (``MetaTensor.affine``).
         gzip_level: compression of a ``.nii.gz`` file, 0 (stored, the default: see `MAP_GZIP_LEVEL`) to 9.
+        description: what the values are (``map_scale.MapScale.label``), in the header's ``descrip`` field.
 
     Returns:
         ``path`` as a Path. A 2D array gives a 2D NIfTI of exactly that shape.
@@ -158,7 +163,7 @@ def write_anomaly_map(path: str | os.PathLike, anomaly_map, affine, gzip_level: 
     if not np.all(np.isfinite(data)):
         raise ValueError("anomaly_map has NaN or infinite values")
     data = np.clip(data, 0.0, 1.0)
-    return _write_nifti(path, data, _affine_4x4(affine, data.ndim), gzip_level)
+    return _write_nifti(path, data, _affine_4x4(affine, data.ndim), gzip_level, description)
 
 
 def write_anomaly_mask(path: str | os.PathLike, mask, affine) -> Path:
@@ -184,6 +189,7 @@ def write_slicer_segmentation(
     affine,
     segment_name: str = "anomaly",
     color: Sequence[float] = (1.0, 0.2, 0.2),
+    fields: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a binary mask as a 3D Slicer segmentation file (``.seg.nrrd``) with one segment.
 
@@ -199,6 +205,7 @@ def write_slicer_segmentation(
         affine: 4x4 voxel-to-world matrix in RAS millimetres; converted to LPS for the file.
         segment_name: the segment's name shown in Slicer.
         color: segment colour, RGB in [0, 1].
+        fields: further header fields (NRRD key/value pairs, which Slicer keeps), e.g. the map's scale.
     """
     import nrrd  # pynrrd; imported here so the NIfTI writers do not need it
 
@@ -238,6 +245,7 @@ def write_slicer_segmentation(
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+        **(fields or {}),
     }
     path = Path(path)
     with atomic_write(path) as tmp:
@@ -278,14 +286,16 @@ def _source_series(source) -> DicomSeries:
 
 
 def _check_source(series: DicomSeries) -> None:
-    """The type 1 attributes a SEG needs from its source images, present on each (DataError otherwise)."""
+    """The type 1 attributes a SEG or Parametric Map needs from its source images, on each (DataError otherwise)."""
     for i, ds in enumerate(series.datasets):
         missing = [name for name in _REFERENCE_ATTRIBUTES if not ds.get(name)]
         if "ImageOrientationPatient" in ds and not ds.get("PixelSpacing"):
             missing.append("PixelSpacing")  # a SEG's frames in patient space need it
         if missing:
             where = series.files[i] if series.files else series.name()
-            raise DataError(f"{where}: no {', '.join(missing)}, which a DICOM SEG takes from its source images")
+            raise DataError(
+                f"{where}: no {', '.join(missing)}, which a DICOM SEG or Parametric Map takes from its source images"
+            )
 
 
 def _with_type2_attributes(datasets: Sequence) -> list:
@@ -302,6 +312,41 @@ def _with_type2_attributes(datasets: Sequence) -> list:
     for name in missing:
         setattr(patched, name, "")
     return [patched, *datasets[1:]]
+
+
+def _derivable_series(source) -> DicomSeries:
+    """The source series of a derived object (SEG, Parametric Map), checked: one regular grid of single-frame
+    images carrying the attributes it references."""
+    series = _source_series(source)
+    series.check_regular_grid()
+    _check_source(series)
+    if int(series.datasets[0].get("NumberOfFrames", 1) or 1) > 1:
+        raise ValueError("multi-frame source images are not supported; give a series of single-frame images")
+    return series
+
+
+# Series numbers of the derived series: the source's number plus these, so a viewer lists them after it.
+SEG_SERIES_OFFSET = 1000
+PARAMETRIC_MAP_SERIES_OFFSET = 1001
+
+
+def _derived_object(series: DicomSeries, offset: int) -> dict:
+    """What a derived object (SEG, Parametric Map) of ``series`` says about itself, as highdicom arguments: its
+    source images, new series and instance UIDs, its series number (the source's + ``offset``), the software."""
+    import highdicom as hd
+
+    number = series.datasets[0].get("SeriesNumber")
+    return {
+        "source_images": _with_type2_attributes(series.datasets),
+        "series_instance_uid": hd.UID(),
+        "series_number": (int(number) if number not in (None, "") else 0) + offset,
+        "sop_instance_uid": hd.UID(),
+        "instance_number": 1,
+        "manufacturer": "mediclip-monai",
+        "manufacturer_model_name": "MediCLIP",
+        "software_versions": _package_version(),
+        "device_serial_number": "none",
+    }
 
 
 def write_dicom_seg(
@@ -338,38 +383,10 @@ def write_dicom_seg(
     import highdicom as hd
     from pydicom.sr.coding import Code
 
-    series = _source_series(source_datasets)
-    series.check_regular_grid()
-    _check_source(series)
-    datasets = list(series.datasets)
-    first = datasets[0]
-    if int(first.get("NumberOfFrames", 1) or 1) > 1:
-        raise ValueError("multi-frame source images are not supported; give a series of single-frame images")
+    series = _derivable_series(source_datasets)
     data = convert_to_numpy(mask) > 0
     _check_spatial(data, "mask")
-    if data.ndim == 2:
-        data = data[..., None]
-
-    if series.affine is not None:
-        if affine is not None:
-            mask_affine = _affine_4x4(affine, 3)
-        elif series.numbering_problem:
-            raise ValueError(
-                f"{series.name()}: {series.numbering_problem}; MONAI's PydicomReader stacks slices by "
-                "InstanceNumber, so its volume does not match the series geometry. Load the series with a "
-                "reader that sorts by position (e.g. ITKReader) and pass that volume's `affine`."
-            )
-        else:  # the affine MONAI's PydicomReader gives the series (slices in InstanceNumber order)
-            by_number = sorted(datasets, key=lambda ds: int(ds.InstanceNumber)) if len(datasets) > 1 else datasets
-            mask_affine = series_affine(by_number)
-        axes, flipped = series.voxel_order(mask_affine, data.shape)
-        data = np.transpose(np.flip(data, flipped), axes)
-    elif data.shape != series.shape:
-        raise ValueError(f"mask of shape {data.shape} does not match the image (columns, rows) {series.shape}")
-
-    # (columns, rows, slices) -> frames (slices, rows, columns), frame k on source instance k.
-    frames = np.ascontiguousarray(np.transpose(data, (2, 1, 0)).astype(np.uint8))
-    version = _package_version()
+    frames = series.frames(data, None if affine is None else _affine_4x4(affine, 3)).astype(np.uint8)
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=segment_label,
@@ -379,24 +396,14 @@ def write_dicom_seg(
         algorithm_identification=hd.AlgorithmIdentificationSequence(
             name="MediCLIP",
             family=Code("123110", "DCM", "Artificial Intelligence"),
-            version=version,
+            version=_package_version(),
         ),
     )
-    source_series_number = first.get("SeriesNumber")
-    series_number = (int(source_series_number) if source_series_number not in (None, "") else 0) + 1000
     seg = hd.seg.Segmentation(
-        source_images=_with_type2_attributes(datasets),
+        **_derived_object(series, SEG_SERIES_OFFSET),
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="mediclip-monai",
-        manufacturer_model_name="MediCLIP",
-        software_versions=version,
-        device_serial_number="none",
         series_description="MediCLIP anomaly",
         content_label="ANOMALY",
         content_description="MediCLIP anomaly mask",
@@ -453,15 +460,17 @@ class CaseArrays:
 
     Attributes:
         source: the case's image file or DICOM series folder.
-        anomaly_map: ``(H, W[, D])`` float32 anomaly probabilities in [0, 1].
+        anomaly_map: ``(H, W[, D])`` float32 map in [0, 1], in the scale of ``scale``.
         mask: ``(H, W[, D])`` uint8 mask at the run's threshold.
         affine: 4x4 voxel-to-world matrix in RAS millimetres.
+        scale: the scale the map is in (`MapScale`): what its values mean and where its mask is cut.
     """
 
     source: str
     anomaly_map: np.ndarray
     mask: np.ndarray
     affine: np.ndarray
+    scale: MapScale = MapScale()
 
 
 @dataclass(frozen=True)
@@ -490,7 +499,7 @@ def case_writer(name: str, suffix: str, applies: Callable[[CaseArrays], bool] = 
 
 @case_writer("anomaly_map", "_anomaly_map.nii.gz")
 def _anomaly_map(path: Path, case: CaseArrays) -> None:
-    write_anomaly_map(path, case.anomaly_map, case.affine)
+    write_anomaly_map(path, case.anomaly_map, case.affine, description=case.scale.label())
 
 
 @case_writer("anomaly_mask", "_anomaly_mask.nii.gz")
@@ -500,7 +509,8 @@ def _anomaly_mask(path: Path, case: CaseArrays) -> None:
 
 @case_writer("slicer_segmentation", "_anomaly.seg.nrrd")
 def _slicer_segmentation(path: Path, case: CaseArrays) -> None:
-    write_slicer_segmentation(path, case.mask, case.affine)
+    fields = {"MediCLIP_map_scale": case.scale.name, "MediCLIP_map_mask_level": f"{case.scale.mask_level:g}"}
+    write_slicer_segmentation(path, case.mask, case.affine, fields=fields)
 
 
 @case_writer("dicom_seg", "_anomaly_seg.dcm", applies=lambda case: os.path.isdir(case.source) and case.mask.ndim == 3)

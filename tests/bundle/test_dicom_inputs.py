@@ -58,6 +58,7 @@ def test_anonymised_series_gets_its_seg_and_a_gapped_series_is_refused(trained, 
     assert nib.load(case / "anonymised_anomaly_map.nii.gz").shape == (20, 24, 6)
     assert sorted(os.listdir(case)) == [
         "anonymised_anomaly.seg.nrrd",
+        "anonymised_anomaly_map.dcm",  # the DICOM Parametric Map of the map
         "anonymised_anomaly_map.nii.gz",
         "anonymised_anomaly_mask.nii.gz",
         "anonymised_anomaly_seg.dcm",
@@ -115,3 +116,18 @@ def test_a_gantry_tilted_series_gets_every_output_on_its_instances_positions(tra
         np.testing.assert_array_equal(frame, 1)  # threshold 0: every pixel of every frame
         framed.append(uid)
     assert sorted(framed) == sorted(sources)  # a frame on every instance, the last slice's included
+
+    # the Parametric Map's frames too, each holding the map's values at its instance's pixels
+    parametric_map = pydicom.dcmread(case / "tilted_anomaly_map.dcm")
+    map_values, map_lps = np.asarray(anomaly_map.dataobj), grids["map"][0]
+    map_frames = parametric_map.pixel_array.reshape(-1, 24, 20)
+    framed = []
+    for frame, item in zip(map_frames, parametric_map.PerFrameFunctionalGroupsSequence):
+        uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        np.testing.assert_allclose(position, [float(v) for v in sources[uid].ImagePositionPatient], atol=1e-4)
+        path = next(f for f in files if pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID == uid)
+        points, _ = pixel_positions(path)
+        np.testing.assert_array_equal(frame, map_values[voxel_indices(points, map_lps, map_values.shape)])
+        framed.append(uid)
+    assert sorted(framed) == sorted(sources)

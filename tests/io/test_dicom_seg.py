@@ -267,7 +267,7 @@ def test_a_source_without_the_uids_a_seg_references_is_a_clear_error(tmp_path):
     folder = tmp_path / "series"
     make_series(folder)
     strip([folder / "slice_02.dcm"], ["StudyInstanceUID"])
-    with pytest.raises(DataError, match=r"slice_02.dcm: no StudyInstanceUID, which a DICOM SEG takes from"):
+    with pytest.raises(DataError, match=r"slice_02.dcm: no StudyInstanceUID, which a DICOM SEG or Parametric Map"):
         write_dicom_seg(tmp_path / "seg.dcm", np.zeros((COLS, ROWS, N_SLICES)), folder)
     assert not (tmp_path / "seg.dcm").exists()
 
