@@ -29,6 +29,7 @@ from .writers import (
     _derivable_series,
     _derived_object,
     case_writer,
+    of_dicom_volume,
 )
 
 __all__ = ["write_parametric_map"]
@@ -102,6 +103,6 @@ def write_parametric_map(
     return path
 
 
-@case_writer("parametric_map", "_anomaly_map.dcm", applies=lambda case: os.path.isdir(case.source) and case.mask.ndim == 3)
+@case_writer("parametric_map", "_anomaly_map.dcm", applies=of_dicom_volume)
 def _parametric_map(path: Path, case: CaseArrays) -> None:
     write_parametric_map(path, case.anomaly_map, case.source, case.affine, case.scale)

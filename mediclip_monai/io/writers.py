@@ -513,6 +513,11 @@ def _slicer_segmentation(path: Path, case: CaseArrays) -> None:
     write_slicer_segmentation(path, case.mask, case.affine, fields=fields)
 
 
-@case_writer("dicom_seg", "_anomaly_seg.dcm", applies=lambda case: os.path.isdir(case.source) and case.mask.ndim == 3)
+def of_dicom_volume(case: CaseArrays) -> bool:
+    """Whether a case is a DICOM series volume (the outputs that reference its source images apply)."""
+    return os.path.isdir(case.source) and case.mask.ndim == 3
+
+
+@case_writer("dicom_seg", "_anomaly_seg.dcm", applies=of_dicom_volume)
 def _dicom_seg(path: Path, case: CaseArrays) -> None:
     write_dicom_seg(path, case.mask, case.source, affine=case.affine)
