@@ -54,8 +54,7 @@ from monai.utils import set_determinism
 
 from mediclip_monai.data.resolve import resolve_datalist
 from mediclip_monai.losses import MediCLIPLoss
-from mediclip_monai.networks import MediCLIP, PatchTokenCache
-from mediclip_monai.networks import prompts as prompts_module
+from mediclip_monai.networks import MediCLIP, PatchTokenCache, clip_backbone
 from mediclip_monai.transforms import ClipInputd, RandAnomalySynthesisd
 from mediclip_monai.workflows.inferers import CachedTokenInferer
 from mediclip_monai.workflows.training import prepare_few_shot_data
@@ -146,7 +145,7 @@ def timed_steps(clip_model: str, data, savings: bool):
     inferer = CachedTokenInferer(PatchTokenCache() if savings else None)
     loader, batches = make_loader(network, data)
     clock = StepClock(network)
-    text_path = prompts_module._encode_end_of_text if savings else whole_text_transformer
+    text_path = clip_backbone._encode_end_of_text if savings else whole_text_transformer
 
     def source():
         while True:
@@ -160,7 +159,7 @@ def timed_steps(clip_model: str, data, savings: bool):
             batch = next(iterator)
             loaded = time.perf_counter()
             clock.reset()
-            with mock.patch.object(prompts_module, "_encode_end_of_text", text_path):
+            with mock.patch.object(clip_backbone, "_encode_end_of_text", text_path):
                 inputs, labels, _, kwargs = PREPARE_BATCH(batch, torch.device("cpu"))
                 optimizer.zero_grad()
                 loss = loss_function(inferer(inputs, network, **kwargs), labels)

@@ -23,7 +23,6 @@ decisions' calibration (None until calibrated). The backbone itself is rebuilt, 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +31,10 @@ from torch import nn
 from ..decisions import BRANCHES, CALIBRATE_COMMAND, Decisions
 from ..decisions.calibration import fused_map
 from ..errors import MediclipError
+from .backbone import Backbone, InputContract
 from .clip_backbone import ClipBackbone
 from .memory_bank import PatchMemoryBank
-from .prompts import PromptLearner, build_tokenizer
+from .prompts import PromptLearner
 
 logger = logging.getLogger(__name__)
 
@@ -53,18 +53,6 @@ class BranchUnavailableError(MediclipError, ValueError):
     """An anomaly branch was asked of a network that lacks what it needs (memory bank or calibration)."""
 
 
-@dataclass(frozen=True)
-class InputContract:
-    """What the network expects as input: RGB images of ``image_size`` normalised with ``mean``/``std``.
-
-    ``image_size`` is (height, width) in pixels; mean and std are per channel, for intensities in [0, 1].
-    """
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    image_size: tuple[int, int]
-
-
 class MediCLIP(nn.Module):
     """MediCLIP anomaly segmentation network.
 
@@ -76,6 +64,9 @@ class MediCLIP(nn.Module):
         causal_text_mask: use CLIP's causal mask in the text transformer (the reference does not).
         anomaly_branch: the map ``forward`` returns, one of `BRANCHES`; None: the decisions' default branch
             (``fused`` once calibrated, ``mediclip`` while uncalibrated).
+        backbone: another implementation of `Backbone` (a timm or Hugging Face tower) to use instead of the
+            open_clip one that ``clip_model``, ``clip_pretrained``, ``clip_checkpoint`` and ``feature_layers``
+            describe; ``clip_model`` then names it in the checkpoint's identity.
 
     Input: B x 3 x S x S images normalised as ``input_contract`` says (S = the backbone's input size).
     Output: B x 2 x S x S; channel 1 the anomaly map of ``anomaly_branch``, channel 0 its complement
@@ -95,14 +86,17 @@ class MediCLIP(nn.Module):
         feature_layers: list[int] | None = None,
         causal_text_mask: bool = False,
         anomaly_branch: str | None = None,
+        backbone: Backbone | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = ClipBackbone(clip_model, clip_pretrained, clip_checkpoint, feature_layers)
+        if backbone is None:
+            backbone = ClipBackbone(clip_model, clip_pretrained, clip_checkpoint, feature_layers)
+        self.backbone = backbone
         self.adapters = nn.ModuleList(
             nn.Conv2d(self.backbone.vision_width, self.backbone.embed_dim, kernel_size=1, bias=True)
             for _ in self.backbone.feature_layers
         )
-        self.prompts = PromptLearner(self.backbone.clip, build_tokenizer(clip_model), causal_text_mask)
+        self.prompts = PromptLearner(self.backbone, causal_text_mask)
         self.memory_bank = PatchMemoryBank()
         self.decisions = Decisions()
         self.anomaly_branch = anomaly_branch
@@ -129,18 +123,9 @@ class MediCLIP(nn.Module):
         return {**self._identity, "backbone_fingerprint": self.backbone.fingerprint}
 
     @property
-    def image_size(self) -> tuple[int, int]:
-        return self.backbone.image_size
-
-    @property
     def input_contract(self) -> InputContract:
-        """Mean, std and input size of the backbone (open_clip's ``preprocess_cfg``)."""
-        cfg = getattr(self.backbone.clip.visual, "preprocess_cfg", {}) or {}
-        return InputContract(
-            mean=tuple(float(v) for v in cfg.get("mean", OPENAI_MEAN)),
-            std=tuple(float(v) for v in cfg.get("std", OPENAI_STD)),
-            image_size=tuple(int(v) for v in self.image_size),
-        )
+        """What the network takes as input: the backbone's contract (size, mean, std, interpolation)."""
+        return self.backbone.input_contract
 
     @property
     def anomaly_branch(self) -> str:
@@ -269,10 +254,6 @@ class MediCLIP(nn.Module):
         elif fingerprint != identity["backbone_fingerprint"]:
             raise CheckpointMismatchError(_weights_mismatch_message(saved, identity))
         self.decisions = Decisions(state.get("calibration"))
-
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _file_name(path: str | None) -> str | None:
