@@ -40,6 +40,7 @@ from .preprocessing import (
     ClipInput,
     ClipInputd,
     ModelGridd,
+    ModelInput,
     ReadImaged,
     ScaleIntensityRobustd,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "IdentityAnomalyDict",
     "IdentityAnomalyd",
     "ModelGridd",
+    "ModelInput",
     "RandAnomalySynthesis",
     "RandAnomalySynthesisD",
     "RandAnomalySynthesisDict",

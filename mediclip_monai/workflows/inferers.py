@@ -2,8 +2,8 @@
 
 A volume is cut into slices across its axial axis (the array axis closest to the body's superior-inferior
 direction) and each slice is shown in the radiological view used in training (``data.loading``). Slices
-are resized to the network's input size, made into its input (``transforms.ClipInput`` with the
-network's own contract), batched through the network; the anomaly channel is resized back and
+are made into the network's input (``transforms.ModelInput``: the network's own contract), batched
+through the network; the anomaly channel is resized back and
 re-assembled on the input's own voxel grid: the map has exactly the input's shape, so it shares the
 input's affine. A case already on the model grid (``transforms.ModelGridd``, evaluation) needs no
 resizing and gets its maps at the network's resolution.
@@ -18,24 +18,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 
-from ..data.loading import views_to_volume, volume_to_views
+from ..data.loading import resize_views, views_to_volume, volume_to_views
 from ..networks.token_cache import PatchTokenCache
 from ..precision import FLOAT32, Precision
-from ..transforms.preprocessing import ClipInput
+from ..transforms.preprocessing import ModelInput
 from ..transforms.synthesis import unchanged_tasks
 
 __all__ = ["CachedTokenInferer", "SliceWiseInferer"]
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class SliceWiseInferer(Inferer):
@@ -92,8 +85,7 @@ class SliceWiseInferer(Inferer):
     def view_maps(self, views: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
         """N x 1 x h x w slices in [0, 1] -> N x C x h x w anomaly values (C = 1 or one per branch)."""
         model = getattr(network, "module", network)  # DistributedDataParallel: .module
-        contract = model.input_contract
-        clip_input = ClipInput(contract.mean, contract.std)
+        model_input = ModelInput(model.input_contract)
         device = next(iter(network.parameters()), torch.empty(0)).device
         channels = 1 if self.branches is None else len(self.branches)
         out = torch.empty((views.shape[0], channels, *views.shape[2:]), dtype=torch.float32, device=views.device)
@@ -101,7 +93,7 @@ class SliceWiseInferer(Inferer):
         autocast = self.precision.autocast(min(self.batch_size, views.shape[0]))
         for start in range(0, views.shape[0], self.batch_size):
             batch = views[start : start + self.batch_size].to(device, torch.float32)
-            batch = clip_input(_resize(batch, contract.image_size))
+            batch = model_input(batch)
             with autocast:
                 if self.branches is None:
                     anomaly = network(batch)[:, 1:2]
@@ -109,7 +101,7 @@ class SliceWiseInferer(Inferer):
                     tokens = model.patch_tokens(batch)
                     maps = model.anomaly_maps_from_tokens(tokens, batch.shape[-2:], self.branches)
                     anomaly = torch.stack([maps[branch] for branch in self.branches], dim=1)
-            anomaly = _resize(anomaly.float(), tuple(views.shape[-2:]))
+            anomaly = resize_views(anomaly.float(), views.shape[-2:])
             out[start : start + self.batch_size] = anomaly.clamp_(0, 1).to(views.device)
         return out
 

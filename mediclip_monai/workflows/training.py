@@ -9,6 +9,7 @@ resume, the record of the best model) are ``handlers.training``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -106,15 +107,17 @@ def prepare_few_shot_data(
     datalist: str,
     k_shot: int,
     seed: int,
-    image_size: int,
+    image_size: int | Sequence[int],
     synthesis_tasks: dict | None = None,
+    interpolation: str = "bilinear",
 ) -> FewShotData:
     """Read the datalist, draw the k shots, check every file, and load shots and validation slices.
 
     Every bad entry is reported in one DataError before any training step runs: shots and validation
     images that are missing, unreadable or of the wrong dimensions, and every other training entry whose
     file is missing or not an image. Validation uses normal images held out of the shots (see
-    `_validation_split`), never the test section.
+    `_validation_split`), never the test section. Slices are resized to ``image_size`` by ``interpolation``:
+    the network's input contract (train.json's ``clip_input``).
     """
     training_items = load_datalist(datalist, "training")
     shots = sample_k_shot(training_items, k_shot, seed)
@@ -122,7 +125,8 @@ def prepare_few_shot_data(
     read = {item["image"] for item in shots + validation_items}
     # The images not drawn are only checked to be there: reading every file of a large dataset takes long.
     check_entries(shots + validation_items, exist_only=[item for item in training_items if item["image"] not in read])
-    slices = load_training_slices(shots + validation_items, image_size=image_size)  # every bad image at once
+    # every bad image at once, each slice resized as the network's input contract says
+    slices = load_training_slices(shots + validation_items, image_size, interpolation=interpolation)
     train = [item for item in slices if item["entry"] < len(shots)]
     for index, item in enumerate(train):  # names the slice for the token cache (CachedTokenInferer)
         item["cache_key"] = f"train/{index}"
