@@ -44,7 +44,7 @@ from .preprocessing import (
     ReadImaged,
     ScaleIntensityRobustd,
 )
-from .shapes import Hypershape, deformed_hypershape, perlin_blob, perlin_noise, perlin_noise_2d
+from .shapes import Hypershape, deformed_hypershape, perlin_blob, perlin_noise
 from .synthesis import (
     DEFAULT_SYNTHESIS_TASKS,
     SYNTHESIS_TASKS,
@@ -116,7 +116,6 @@ __all__ = [
     "normalise_task_probabilities",
     "perlin_blob",
     "perlin_noise",
-    "perlin_noise_2d",
     "shape_centre",
     "synthesis_task",
     "unchanged_tasks",
