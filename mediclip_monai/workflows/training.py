@@ -18,6 +18,7 @@ from ..data.datalists import check_entries, load_datalist, sample_k_shot
 from ..data.loading import load_training_slices
 from ..errors import DataError
 from ..transforms import DEFAULT_SYNTHESIS_TASKS, SYNTHESIS_TASKS, RandAnomalySynthesisd
+from ..transforms.synthesis import normalise_task_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def make_validation_set(
     so every validation round scores the same cases.
     """
     def painting(mixture: dict) -> dict:
+        normalise_task_probabilities(mixture)  # an unknown task or a bad weight is named here
         return {name: p for name, p in mixture.items() if SYNTHESIS_TASKS[name].changes_image}
 
     # an Identity-only recipe still needs anomalous validation cases
