@@ -18,41 +18,30 @@ with the other load, the CPU time much less (with N threads an idle machine's wa
 
 import argparse
 import io
-import json
 import logging
-import os
 import time
 
 import torch
-from monai.transforms import Compose, EnsureTyped
+from monai.transforms import Compose
+from train_recipe import train_recipe
 
 from mediclip_monai.decisions import BRANCHES, Decisions, calibration
 from mediclip_monai.networks import MediCLIP, PatchMemoryBank
 from mediclip_monai.networks.memory_bank import DEFAULT_MAX_PATCHES
-from mediclip_monai.transforms import ClipInputd
 from mediclip_monai.workflows.calibrate import bank_slice_indices, build_memory_bank
-
-TRAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundle", "configs", "train.json")
 
 
 def memory_bank_slices() -> int:
     """train.json's ``memory_bank_slices`` (read when a benchmark runs, not at import)."""
-    with open(TRAIN) as f:
-        return json.load(f)["memory_bank_slices"]
+    return train_recipe()["memory_bank_slices"]
 
 
 BATCH = 8
 
 
 def preprocessing(network: MediCLIP) -> Compose:
-    """train.json's validation preprocessing: the network's CLIP input, typed."""
-    contract = network.input_contract
-    return Compose(
-        [
-            ClipInputd(keys="image", mean=contract.mean, std=contract.std),
-            EnsureTyped(keys=["image", "label"], dtype=torch.float32, track_meta=False),
-        ]
-    )
+    """train.json's validation preprocessing for ``network`` (its CLIP input, typed)."""
+    return train_recipe(network_def=network).get_parsed_content("validate::preprocessing")
 
 
 class Stopwatch:

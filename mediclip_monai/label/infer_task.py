@@ -1,12 +1,13 @@
-"""MONAI Label inference task: the bundle's own inference recipe (``configs/inference.json``) on one study.
+"""MONAI Label inference task: the bundle's own inference recipe (``configs/inference.json`` on
+``configs/common.json``) on one study.
 
-What runs is what ``python -m monai.bundle run --config_file bundle/configs/inference.json`` runs, read
-from that file with MONAI's ``ConfigParser`` at every request, so a change of the recipe reaches MONAI
-Label without a code change: its ``preprocessing`` (reading, intensity scaling), its ``inferer`` with its
-``network`` (rebuilt from model.pt), and its ``postprocessing`` (threshold, image score, slice of the
-maximum) without the writers of a batch run (``SaveCaseOutputsd``): here MONAI Label's writer sends the
-mask. The recipe's keys are overridden with the app's model.pt, CLIP weights and the request's options,
-each read into its type first (`infer_options`; nothing a client sends reaches the recipe as text).
+What runs is what ``python -m monai.bundle run --config_file "['bundle/configs/common.json',
+'bundle/configs/inference.json']"`` runs, read from those files with MONAI's ``ConfigParser`` at every request, so
+a change of the recipe reaches MONAI Label without a code change: its ``preprocessing`` (reading, intensity
+scaling), its ``inferer`` with its ``network`` (rebuilt from model.pt), and its ``postprocessing`` (threshold,
+image score, slice of the maximum) without the writers of a batch run (``SaveCaseOutputsd``): here MONAI Label's
+writer sends the mask. The recipe's keys are overridden with the app's model.pt, CLIP weights and the request's
+options, each read into its type first (`infer_options`; nothing a client sends reaches the recipe as text).
 
 One request, one model: model.pt is loaded (or taken from the cache, reloaded whenever the file changes)
 once, when the request starts, and that network gives the map, the thresholds, the mask and the decision,
@@ -48,6 +49,7 @@ from mediclip_monai.io.outputs import SaveCaseOutputsd
 from mediclip_monai.io.writers import CASE_WRITERS, CaseArrays
 from mediclip_monai.label import options as opt
 from mediclip_monai.label.model_store import file_version
+from mediclip_monai.workflows.bundle import config_files
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +141,9 @@ class AnomalyInferTask(BasicInferTask):
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
-        self.config_file = os.path.join(bundle_dir, "configs", "inference.json")
+        self.config_files = config_files("inference.json", bundle_dir)
         self.clip_checkpoint = clip_checkpoint or None
-        recipe = ConfigParser.load_config_file(self.config_file)
+        recipe = ConfigParser.load_config_files(self.config_files)
         # The defaults of a request: the recipe's values of now for its keys (`recipe` reads the file again
         # per request, so an equal value in a request stands for the file's value then) unless --conf set them.
         defaults = {
@@ -219,7 +221,7 @@ class AnomalyInferTask(BasicInferTask):
         """inference.json with this app's values and the request's typed ``options``; ``network``: the
         request's network (``network_def``)."""
         parser = ConfigParser()
-        parser.read_config(self.config_file)
+        parser.read_config(self.config_files)
         parser["bundle_root"] = self.bundle_dir
         parser["ckpt_path"] = self.get_path(validate=False)
         parser["clip_checkpoint"] = self.clip_checkpoint

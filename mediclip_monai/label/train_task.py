@@ -50,6 +50,7 @@ from mediclip_monai.errors import DataError, MediclipError, reason_of
 from mediclip_monai.io.atomic import atomic_write
 from mediclip_monai.label import options as opt
 from mediclip_monai.label.model_store import ModelStore
+from mediclip_monai.workflows.bundle import config_files
 from mediclip_monai.workflows.training import MAX_HELD_OUT_VALIDATION
 
 logger = logging.getLogger(__name__)
@@ -339,7 +340,7 @@ class FewShotTrainTask(TrainTask):
 
         configs = os.path.join(self.bundle_dir, "configs")
         workflow = ConfigWorkflow(
-            config_file=os.path.join(configs, "train.json"),
+            config_file=config_files("train.json", self.bundle_dir),
             meta_file=os.path.join(configs, "metadata.json"),
             logging_file=os.path.join(configs, "logging.conf"),
             run_id="training",

@@ -2,8 +2,8 @@
 
 MONAI's config syntax gives a config no way to know its own file. ``bundle_root`` resolves from the folder
 of the config being run (the folder above ``configs/``, as MONAI's ``ConfigWorkflow`` takes it), so the
-bundle runs from any working directory and as a copy of ``bundle/`` anywhere; an overlay checks that it sits
-on the config it extends.
+bundle runs from any working directory and as a copy of ``bundle/`` anywhere; a config checks that it sits
+on the configs it is layered on (`LAYERS`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,18 @@ import inspect
 import os
 from pathlib import Path
 
+from .. import readable_errors  # noqa: F401 (a config's layering error ends with its reason)
 from ..errors import ConfigValueError
 
-__all__ = ["bundle_root", "require_base", "use_instead"]
+__all__ = ["LAYERS", "bundle_root", "config_files", "layers", "require_layers", "use_instead"]
+
+# How the configs are layered by name: each run's files, bottom first (MONAI merges them in this order; a
+# "+key" extends the key of the files below). common.json holds what training and inference share.
+LAYERS = {
+    "train.json": ("common.json", "train.json"),
+    "inference.json": ("common.json", "inference.json"),
+    "evaluate.json": ("common.json", "inference.json", "evaluate.json"),
+}
 
 
 def _running_workflow():
@@ -48,17 +57,28 @@ def bundle_root() -> str:
     return str((folder.parent if folder.name == "configs" else folder).resolve())
 
 
-def require_base(overlay: str, base: str, base_key: str) -> None:
-    """Refuse to run ``overlay`` on another config than ``base`` (`use_instead` names the command line).
+def layers(config: str) -> tuple[str, ...]:
+    """The config files a run of ``config`` (``train.json``, ``inference.json``, ``evaluate.json``) is made of,
+    bottom first, as ``--config_file`` lists them; a file that stands alone (``metadata.json``) is itself."""
+    return LAYERS.get(config, (config,))
+
+
+def config_files(config: str, bundle_dir: str | os.PathLike) -> list[str]:
+    """The paths of `layers` of ``config`` in the ``configs/`` folder of ``bundle_dir``: a ``config_file`` for
+    MONAI's ``ConfigWorkflow`` or ``ConfigParser.read_config``."""
+    return [os.path.join(bundle_dir, "configs", name) for name in layers(config)]
+
+
+def require_layers(config: str, *base_keys: str) -> None:
+    """Refuse to run ``config`` without the configs it is layered on (`use_instead` names the command line).
 
     Args:
-        overlay: the overlay's file name (``evaluate.json``).
-        base: the file name of the config it extends (``inference.json``).
-        base_key: a top-level key that ``base`` defines and the other configs do not.
+        config: the config's file name (``train.json``).
+        base_keys: top-level keys that the configs below it define, one of each (``precision``: common.json's).
     """
     workflow = _running_workflow()
-    if workflow is not None and base_key not in workflow.parser.get():
-        use_instead(base, overlay, why=f"{overlay} extends {base}")
+    if workflow is not None and not all(key in workflow.parser.get() for key in base_keys):
+        use_instead(*layers(config), why=f"{config} is layered on {' and '.join(layers(config)[:-1])}")
 
 
 def use_instead(*names: str, why: str) -> None:

@@ -5,7 +5,8 @@ train.json runs `calibrate_model` after the last epoch (its ``training`` list) a
 existing model.pt (its ``calibrate`` run id, with the training's overrides, so the same datalist and seed
 give the same shots and validation set):
 
-    python -m monai.bundle run calibrate --config_file bundle/configs/train.json [the training overrides]
+    python -m monai.bundle run calibrate \
+        --config_file "['bundle/configs/common.json','bundle/configs/train.json']" [the training overrides]
 
 Steps: load the best weights from model.pt; build the `PatchMemoryBank` from the k shots (a volume shot
 contributes at most ``memory_bank_slices`` evenly spaced slices, `evenly_spaced_slices`) with one backbone

@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 from mediclip_monai.data.loading import scale_intensity
 from mediclip_monai.decisions.scoring import slice_scores
 
-from .conftest import EVALUATE, INFERENCE, REPO, cli, run_workflow
+from .conftest import EVALUATE, INFERENCE, REPO, cli, layered, run_workflow
 
 
 def infer(ckpt_dir, input_path, output_dir, **overrides):
@@ -190,7 +190,7 @@ def test_bad_cases_reported_good_cases_written_and_exit_nonzero(trained, tmp_pat
             "monai.bundle",
             "run",
             "--config_file",
-            INFERENCE,
+            layered(INFERENCE),
             "--input",
             str(inputs),
             "--output_dir",
@@ -228,7 +228,7 @@ def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, d
             "monai.bundle",
             "run",
             "--config_file",
-            f"['{INFERENCE}','{EVALUATE}']",
+            layered(INFERENCE, EVALUATE),
             "--dataset_dir",
             demo_dir,
             "--ckpt_dir",
@@ -326,7 +326,17 @@ def test_an_inference_run_prints_only_what_is_true_and_useful(trained, tmp_path)
     inputs.mkdir()
     for name in ("a", "b"):
         nib.save(nib.Nifti1Image(brain_like_volume((20, 16, 4)), np.eye(4)), str(inputs / f"{name}.nii.gz"))
-    args = ["-m", "monai.bundle", "run", "--config_file", INFERENCE, "--input", str(inputs), "--ckpt_dir", trained]
+    args = [
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        layered(INFERENCE),
+        "--input",
+        str(inputs),
+        "--ckpt_dir",
+        trained,
+    ]
     args += ["--output_dir", str(tmp_path / "out"), "--device", "cpu", "--num_workers", "2"]
     result = cli([*args, "--clip_model", "ViT-B-16"], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mediclip_monai.decisions import Decisions
+from mediclip_monai.decisions import CALIBRATE_COMMAND, Decisions
 from mediclip_monai.decisions import calibration as cal
 from mediclip_monai.networks import (
     BranchUnavailableError,
@@ -115,7 +115,8 @@ def test_a_branch_without_its_parts_is_refused_naming_the_command(uncalibrated, 
                 uncalibrated(images)
         finally:
             uncalibrated.anomaly_branch = None
-        assert "monai.bundle run calibrate --config_file bundle/configs/train.json" in str(error.value)
+        assert CALIBRATE_COMMAND in str(error.value)
+        assert "--config_file \"['bundle/configs/common.json','bundle/configs/train.json']\"" in CALIBRATE_COMMAND
     with pytest.raises(ValueError, match="one of mediclip, memory_bank, fused"):
         uncalibrated.anomaly_branch = "patchcore"
 
