@@ -19,7 +19,7 @@ from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from mediclip_monai.io.report import write_case_report
+from mediclip_monai.reporting.case_report import write_case_report
 from mediclip_monai.workflows.bundle import config_files
 
 logger = logging.getLogger(__name__)

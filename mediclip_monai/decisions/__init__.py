@@ -4,6 +4,8 @@
   thresholds, the image-score rule, the default branch, the uncalibrated fallback and a run's overrides.
 - ``scoring``: the rules: image score, slice of the score, mask, verdict.
 - ``calibration``: fitting the decisions on held-out normals and their synthetic anomalies; the branch fusion.
+- ``map_scale``: the scale the maps are written in (probability, or normalised around the mask threshold) and the
+  run's sensitivity, which moves the mask threshold.
 """
 
 from .decisions import (

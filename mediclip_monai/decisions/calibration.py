@@ -28,7 +28,7 @@ and on the held-out brain set of `mediclip_monai.data.heldout_brain`):
   and that of the synthetic-anomaly ones (with 8-32 validation images a midpoint of medians is steadier
   than the threshold of best balanced accuracy).
 - Map range: the minimum and maximum of each branch's map over the validation pixels (anomalib's min-max
-  statistics), the span by which ``mediclip_monai.map_scale`` normalises a map around its threshold.
+  statistics), the span by which ``mediclip_monai.decisions.map_scale`` normalises a map around its threshold.
 - Default branch: ``fused``, fixed rather than chosen on validation, for the same reason as the weights
   (validation favours the ``mediclip`` branch; on both test sets of the experiment ``fused`` beat
   ``mediclip`` on pixel and image AUROC). A calibrated network writes it unless told another branch.

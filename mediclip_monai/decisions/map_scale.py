@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigValueError
+from ..errors import ConfigValueError
+from .decisions import Decisions
 
 __all__ = ["DEFAULT_SENSITIVITY", "SCALES", "MapScale", "map_span"]
 
@@ -37,8 +38,6 @@ _SPELLINGS = {"probability": "probability", "normalised": "normalised", "normali
 
 def map_span(network) -> float:
     """The range of the network's branch over its validation pixels (calibration's ``map_range``); 1 without it."""
-    from .decisions import Decisions  # decisions -> networks -> io: imported when asked, not at import time
-
     module = getattr(network, "module", network)
     stored = (Decisions.of(module).calibration or {}).get("map_range")
     branch = getattr(module, "anomaly_branch", None)

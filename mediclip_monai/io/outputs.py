@@ -11,7 +11,7 @@ The outputs of a case are those named in ``outputs`` (inference.json), from ``io
 - A case is written into a hidden staging folder (``.<name>.tmp-XXXXXXXX``) and renamed into place once
   every output and its manifest are there: a case folder is complete or absent, never half-written.
 - The manifest records the case's source, score, slice of the maximum, threshold, decision, model, the
-  scale of the map files (``map_scale``, see ``mediclip_monai.map_scale``) and outputs. A folder whose
+  scale of the map files (``map_scale``, see ``mediclip_monai.decisions.map_scale``) and outputs. A folder whose
   manifest names the same source, threshold and model, and whose outputs all exist, is complete: a re-run
   skips it (``overwrite`` redoes it).
 - A name held on disk by another source (or by a folder without a manifest) is never reused: the case
@@ -41,8 +41,8 @@ import numpy as np
 from monai.transforms import MapTransform
 
 from ..data.cases import Case
+from ..decisions.map_scale import MapScale
 from ..errors import ConfigValueError, OutputError, describe_failure, reason_of, writing_into
-from ..map_scale import MapScale
 from .atomic import atomic_write
 from .writers import CASE_WRITERS, CaseArrays, write_scores_csv
 

@@ -6,7 +6,7 @@ gantry-tilted series included, whose frames keep its sheared grid). It is a seri
 instance UIDs, series number the source's + 1001) in the source's study and frame of reference.
 
 What the values mean travels with them: the Real World Value Mapping (identity, unit-less) is labelled with
-the scale of the map (``mediclip_monai.map_scale``: anomaly probability, or the normalised scale whose 0.5 is
+the scale of the map (``mediclip_monai.decisions.map_scale``: anomaly probability, or the normalised scale whose 0.5 is
 the mask threshold) and the window (centre 0.5, width 1) covers the scale's 0 to 1, so in the normalised scale
 the middle of the window is the mask threshold on every model.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from monai.utils import convert_to_numpy
 
-from ..map_scale import MapScale
+from ..decisions.map_scale import MapScale
 from .atomic import atomic_write
 from .writers import (
     PARAMETRIC_MAP_SERIES_OFFSET,

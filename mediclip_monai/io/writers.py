@@ -42,8 +42,8 @@ from monai.utils import convert_to_numpy
 
 from ..data.dicom import DicomSeries, scan_dicom_series, series_from_datasets
 from ..data.loading import SHEAR_TOLERANCE_VOXELS, shear_voxels
+from ..decisions.map_scale import MapScale
 from ..errors import DataError
-from ..map_scale import MapScale
 from .atomic import atomic_write
 
 __all__ = [

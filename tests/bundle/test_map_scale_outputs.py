@@ -10,8 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 
+from mediclip_monai.decisions.map_scale import MapScale
 from mediclip_monai.networks import load_mediclip
-from mediclip_monai.map_scale import MapScale
 from tests.dicom_series import pixel_positions, voxel_indices, write_series
 
 from .test_inference import infer

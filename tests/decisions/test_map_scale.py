@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mediclip_monai.decisions import BRANCHES, Decisions, calibration
+from mediclip_monai.decisions.map_scale import MapScale, map_span
 from mediclip_monai.decisions.scoring import anomaly_mask
 from mediclip_monai.errors import ConfigValueError
-from mediclip_monai.map_scale import MapScale, map_span
 
 
 def values_around(threshold: float, n: int = 2000) -> np.ndarray:

@@ -11,8 +11,8 @@ import pytest
 from pydicom.uid import ParametricMapStorage
 
 from mediclip_monai.data.loading import read_image
+from mediclip_monai.decisions.map_scale import MapScale
 from mediclip_monai.io.parametric_map import write_parametric_map
-from mediclip_monai.map_scale import MapScale
 from tests.dicom_series import write_series, write_tilted_series
 
 from .test_dicom_seg import load_with_monai, make_series, read_series

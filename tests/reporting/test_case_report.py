@@ -11,9 +11,9 @@ from monai.data import MetaTensor
 
 from mediclip_monai.data.loading import read_image
 from mediclip_monai.decisions import BranchDecisions
+from mediclip_monai.decisions.map_scale import MapScale
 from mediclip_monai.io.outputs import SaveCaseOutputsd
-from mediclip_monai.io.report import INTENDED_USE, write_case_report
-from mediclip_monai.map_scale import MapScale
+from mediclip_monai.reporting.case_report import INTENDED_USE, write_case_report
 from mediclip_monai.transforms import AnomalyScored
 from tests.dicom_series import write_series
 
