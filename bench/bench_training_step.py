@@ -103,12 +103,11 @@ class StepClock:
         handle.remove()
 
 
-def make_loader(recipe, premade: bool) -> tuple[DataLoader, int, list]:
-    """train.json's training DataLoader (one stream of batches over its epochs), its epoch length, and, when
-    ``premade``, every batch it gives now (``--premade_epochs`` epochs)."""
+def make_loader(recipe) -> tuple[DataLoader, int]:
+    """train.json's training DataLoader (one stream of batches over its epochs, a new one at each call) and
+    its epoch length."""
     loader = recipe.get_parsed_content("train::dataloader", lazy=False)
-    epoch_length = recipe.get_parsed_content("train::batch_sampler").epoch_length
-    return loader, epoch_length, list(loader) if premade else []
+    return loader, recipe.get_parsed_content("train::batch_sampler").epoch_length
 
 
 def timed_steps(clip_model: str, recipe, batches: list, savings: bool):
@@ -119,7 +118,7 @@ def timed_steps(clip_model: str, recipe, batches: list, savings: bool):
     optimizer = torch.optim.Adam(network.trainable_parameters(), lr=1e-3, betas=(0.5, 0.999))
     loss_function = MediCLIPLoss()
     inferer = CachedTokenInferer(PatchTokenCache() if savings else None)
-    loader, epoch_length, _ = make_loader(recipe, premade=False) if not batches else (None, 0, batches)
+    loader, epoch_length = (None, 0) if batches else make_loader(recipe)
     clock = StepClock(network)
     text_path = clip_backbone._encode_end_of_text if savings else whole_text_transformer
 
@@ -178,7 +177,7 @@ def main() -> None:
                 f"CPU, {torch.get_num_threads()} threads, batch {args.batch_size}, {len(data.train)} training slices, "
                 f"{source}; mean of {args.steps} steps"
             )
-            batches = [] if args.data_loader else make_loader(recipe, premade=True)[2]
+            batches = [] if args.data_loader else list(make_loader(recipe)[0])  # --premade_epochs epochs of them
             runs = [("before (no token cache, whole text transformer)", False)] if args.baseline else []
             runs = {
                 label: timed_steps(clip_model, recipe, batches, savings) for label, savings in runs + [("now", True)]
