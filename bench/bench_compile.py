@@ -61,7 +61,7 @@ def main() -> None:
     logging.disable(logging.WARNING)
     torch.manual_seed(0)
     network = MediCLIP(args.clip_model, "none").to(args.device).train()
-    images = torch.randn(8, 3, *network.image_size, device=args.device)
+    images = torch.randn(8, 3, *network.input_contract.image_size, device=args.device)
     visual, layers = network.backbone.clip.visual, [i - 1 for i in network.backbone.feature_layers]
 
     def image_tower(forward):

@@ -49,9 +49,8 @@ import time
 
 import nibabel as nib
 import torch
-import torch.nn.functional as F
 
-INFERENCE = os.path.join("bundle", "configs", "inference.json")
+INFERENCE = [os.path.join("bundle", "configs", name) for name in ("common.json", "inference.json")]
 
 
 def synchronize(device: torch.device) -> None:
@@ -76,7 +75,7 @@ def measure() -> dict:
     from nilearn.datasets import load_mni152_template
 
     from mediclip_monai.networks import MediCLIP
-    from mediclip_monai.transforms import ClipInput
+    from mediclip_monai.transforms import ModelInput
 
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -112,13 +111,9 @@ def measure() -> dict:
         end_to_end = (time.perf_counter() - start) / args.volumes
 
         network = network.to(device)
-        contract = network.input_contract
-        clip_input = ClipInput(contract.mean, contract.std)
+        model_input = ModelInput(network.input_contract)
         slices = torch.rand(n_slices, 1, *template.shape[:2])
-        batches = [
-            clip_input(F.interpolate(slices[i : i + args.batch_size], size=contract.image_size, mode="bilinear"))
-            for i in range(0, n_slices, args.batch_size)
-        ]
+        batches = [model_input(slices[i : i + args.batch_size]) for i in range(0, n_slices, args.batch_size)]
         # the network in the precision inference runs it in (bfloat16 autocast on a GPU by default)
         precision = getattr(workflow.parser.get_parsed_content("inferer"), "precision", None)  # None: older code
         with precision.autocast(args.batch_size) if precision is not None else contextlib.nullcontext():

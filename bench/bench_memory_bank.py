@@ -2,7 +2,7 @@
 
     python bench/bench_memory_bank.py [--clip_model ViT-B-16] [--threads 2] [--volume_slices 120] [--skip_vit_l]
 
-1. Bank building (`model_calibration.build_memory_bank`, the function training ends with): the backbone
+1. Bank building (`workflows.calibrate.build_memory_bank`, the function training ends with): the backbone
    pass over the shots and the coreset, for k = 16 2D shots and for k = 16 volume shots of
    ``--volume_slices`` slices each, of which ``memory_bank_slices`` (train.json's default) evenly spaced
    ones feed the bank. Targets: seconds for 2D shots, under a minute for volumes with ViT-B-16 on CPU.
@@ -18,41 +18,30 @@ with the other load, the CPU time much less (with N threads an idle machine's wa
 
 import argparse
 import io
-import json
 import logging
-import os
 import time
 
 import torch
-from monai.transforms import Compose, EnsureTyped
+from monai.transforms import Compose
+from train_recipe import train_recipe
 
-from mediclip_monai import calibration
-from mediclip_monai.model_calibration import bank_slice_indices, build_memory_bank
+from mediclip_monai.decisions import BRANCHES, Decisions, calibration
 from mediclip_monai.networks import MediCLIP, PatchMemoryBank
 from mediclip_monai.networks.memory_bank import DEFAULT_MAX_PATCHES
-from mediclip_monai.transforms import ClipInputd
-
-TRAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundle", "configs", "train.json")
+from mediclip_monai.workflows.calibrate import bank_slice_indices, build_memory_bank
 
 
 def memory_bank_slices() -> int:
     """train.json's ``memory_bank_slices`` (read when a benchmark runs, not at import)."""
-    with open(TRAIN) as f:
-        return json.load(f)["memory_bank_slices"]
+    return train_recipe()["memory_bank_slices"]
 
 
 BATCH = 8
 
 
 def preprocessing(network: MediCLIP) -> Compose:
-    """train.json's validation preprocessing: the network's CLIP input, typed."""
-    contract = network.input_contract
-    return Compose(
-        [
-            ClipInputd(keys="image", mean=contract.mean, std=contract.std),
-            EnsureTyped(keys=["image", "label"], dtype=torch.float32, track_meta=False),
-        ]
-    )
+    """train.json's validation preprocessing for ``network`` (its CLIP input, typed)."""
+    return train_recipe(network_def=network).get_parsed_content("validate::preprocessing")
 
 
 class Stopwatch:
@@ -98,7 +87,7 @@ def calibrate_random_network(network: MediCLIP, seed: int = 0) -> MediCLIP:
         to_input = preprocessing(network)
         inputs = torch.stack([to_input({"image": i, "label": i})["image"] for i in images])
         maps = network.anomaly_maps_from_tokens(network.patch_tokens(inputs.to(device)), size)
-    network.calibration = calibration.calibrate(maps["mediclip"], maps["memory_bank"], images[:, 0], masks)
+    network.decisions = Decisions(calibration.calibrate(maps["mediclip"], maps["memory_bank"], images[:, 0], masks))
     return network
 
 
@@ -133,7 +122,7 @@ def bench_branches(network: MediCLIP) -> None:
     with torch.no_grad():
         bare = timed(lambda: network.backbone.clip.visual(images))
         print(f"  bare image tower     : {bare}")
-        for branch in calibration.BRANCHES:
+        for branch in BRANCHES:
             network.anomaly_branch = branch
             watch = timed(lambda: network(images))
             print(

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from mediclip_monai.transforms import SYNTHESIS_TASK_NAMES, RandAnomalySynthesis, make_synthesis_task
+from mediclip_monai.transforms import SYNTHESIS_TASKS, RandAnomalySynthesis, make_synthesis_task
 
 BACKGROUND = 0.02  # template intensity below which a pixel is empty background
 
@@ -98,7 +98,7 @@ def main() -> None:
         f"{'on bg':>5s} | {'on bg, fg':>9s}"
     )
     print(f"{args.draws} draws per task, 224 x 224, 1 thread, torch float32 input\n{header}\n{'-' * len(header)}")
-    rows = [(name, lambda fg, name=name: make_synthesis_task(name, slices, fg)) for name in SYNTHESIS_TASK_NAMES]
+    rows = [(name, lambda fg, name=name: make_synthesis_task(name, slices, fg)) for name in SYNTHESIS_TASKS]
     rows.append(("default mixture", lambda fg: RandAnomalySynthesis(None, slices, fg)))
     for name, build in rows:
         results = []

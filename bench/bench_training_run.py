@@ -37,11 +37,11 @@ from baseline import whole_text_transformer
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from mediclip_monai.networks import prompts as prompts_module
-from mediclip_monai.training import NextStepTextFeatures
+from mediclip_monai.handlers import NextStepTextFeatures
+from mediclip_monai.networks import clip_backbone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(REPO, "bundle", "configs", "train.json")
+TRAIN = [os.path.join(REPO, "bundle", "configs", name) for name in ("common.json", "train.json")]
 
 
 def timed_run(savings: bool) -> dict:
@@ -60,7 +60,7 @@ def timed_run(savings: bool) -> dict:
         }
         with ExitStack() as before:
             if not savings:
-                before.enter_context(mock.patch.object(prompts_module, "_encode_end_of_text", whole_text_transformer))
+                before.enter_context(mock.patch.object(clip_backbone, "_encode_end_of_text", whole_text_transformer))
                 before.enter_context(mock.patch.object(NextStepTextFeatures, "__call__", lambda self, engine: None))
             start = time.perf_counter()
             workflow = ConfigWorkflow(config_file=TRAIN, workflow_type="train", **overrides)

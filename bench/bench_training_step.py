@@ -47,18 +47,14 @@ from unittest import mock
 
 import torch
 from baseline import whole_text_transformer
-from monai.data import DataLoader, Dataset
+from monai.data import DataLoader
 from monai.engines.utils import PrepareBatchExtraInput
-from monai.transforms import Compose, EnsureTyped
 from monai.utils import set_determinism
+from train_recipe import train_recipe
 
-from mediclip_monai.data.resolve import resolve_datalist
-from mediclip_monai.inferers import CachedTokenInferer
 from mediclip_monai.losses import MediCLIPLoss
-from mediclip_monai.networks import MediCLIP, PatchTokenCache
-from mediclip_monai.networks import prompts as prompts_module
-from mediclip_monai.training import prepare_few_shot_data
-from mediclip_monai.transforms import ClipInputd, RandAnomalySynthesisd
+from mediclip_monai.networks import MediCLIP, PatchTokenCache, clip_backbone
+from mediclip_monai.workflows.inferers import CachedTokenInferer
 
 PREPARE_BATCH = PrepareBatchExtraInput(extra_keys={"cache_keys": "cache_key", "tasks": "anomaly_task"})
 
@@ -107,36 +103,14 @@ class StepClock:
         handle.remove()
 
 
-def make_loader(network, data) -> tuple[DataLoader, list]:
-    """train.json's training DataLoader, and the batches of ``--premade_epochs`` epochs made from it now
-    (none with ``--data_loader``: the loop then draws from the loader itself)."""
-    transform = Compose(
-        [
-            RandAnomalySynthesisd(keys="image", support_images=data.support_images, task_key="anomaly_task"),
-            ClipInputd(keys="image", mean=network.input_contract.mean, std=network.input_contract.std),
-            EnsureTyped(keys=["image", "label"], dtype=torch.float32, track_meta=False),
-        ]
-    )
-    workers = args.num_workers if args.data_loader else 0
-    generator = torch.Generator()
-    loader = DataLoader(
-        Dataset(data.train, transform),
-        batch_size=args.batch_size,
-        shuffle=True,
-        generator=generator,
-        drop_last=True,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-    )
-    batches = []
-    for epoch in range(1, 0 if args.data_loader else args.premade_epochs + 1):
-        generator.manual_seed(epoch)
-        transform.set_random_state(epoch)
-        batches += list(loader)
-    return loader, batches
+def make_loader(recipe) -> tuple[DataLoader, int]:
+    """train.json's training DataLoader (one stream of batches over its epochs, a new one at each call) and
+    its epoch length."""
+    loader = recipe.get_parsed_content("train::dataloader", lazy=False)
+    return loader, recipe.get_parsed_content("train::batch_sampler").epoch_length
 
 
-def timed_steps(clip_model: str, data, savings: bool):
+def timed_steps(clip_model: str, recipe, batches: list, savings: bool):
     """Training steps of one network, as a generator: each ``next`` runs one timed step (the first also
     the warm-up) and gives its figures, so that two variants can take turns, step by step."""
     set_determinism(0)
@@ -144,15 +118,15 @@ def timed_steps(clip_model: str, data, savings: bool):
     optimizer = torch.optim.Adam(network.trainable_parameters(), lr=1e-3, betas=(0.5, 0.999))
     loss_function = MediCLIPLoss()
     inferer = CachedTokenInferer(PatchTokenCache() if savings else None)
-    loader, batches = make_loader(network, data)
+    loader, epoch_length = (None, 0) if batches else make_loader(recipe)
     clock = StepClock(network)
-    text_path = prompts_module._encode_end_of_text if savings else whole_text_transformer
+    text_path = clip_backbone._encode_end_of_text if savings else whole_text_transformer
 
     def source():
         while True:
             yield from (batches if batches else loader)
 
-    warm_up = len(batches) if batches else 2 * len(loader)
+    warm_up = len(batches) if batches else 2 * epoch_length
     iterator = source()
     with clock.attached():
         for step in itertools.count():
@@ -160,7 +134,7 @@ def timed_steps(clip_model: str, data, savings: bool):
             batch = next(iterator)
             loaded = time.perf_counter()
             clock.reset()
-            with mock.patch.object(prompts_module, "_encode_end_of_text", text_path):
+            with mock.patch.object(clip_backbone, "_encode_end_of_text", text_path):
                 inputs, labels, _, kwargs = PREPARE_BATCH(batch, torch.device("cpu"))
                 optimizer.zero_grad()
                 loss = loss_function(inferer(inputs, network, **kwargs), labels)
@@ -184,33 +158,46 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
     set_determinism(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        demo = os.path.join(tmp, "demo")
-        data = prepare_few_shot_data(resolve_datalist(None, demo, demo, tmp), args.k_shot, 0, 224)
     source = f"DataLoader, {args.num_workers} workers" if args.data_loader else "pre-made batches"
-    print(
-        f"CPU, {torch.get_num_threads()} threads, batch {args.batch_size}, {len(data.train)} training slices, "
-        f"{source}; mean of {args.steps} steps"
-    )
-    for clip_model in args.clip_model:
-        runs = [("before (no token cache, whole text transformer)", False)] if args.baseline else []
-        runs = {label: timed_steps(clip_model, data, savings) for label, savings in runs + [("now", True)]}
-        steps = {label: [] for label in runs}
-        for _ in range(args.steps):  # the variants take turns, so that both see the machine alike
-            for label, run in runs.items():
-                steps[label].append(next(run))
-        results = {}
-        for label in runs:
-            r = results[label] = summary(steps[label])
-            print(
-                f"{clip_model} {label}: {r['step']:.3f} s/step (median {r['median']:.3f}) = image tower "
-                f"{r['image']:.3f} + text tower {r['text']:.3f} + heads, loss, optimizer {r['rest']:.3f}; "
-                f"waiting for data {r['wait'] * 1000:.1f} ms",
-                flush=True,
+    with tempfile.TemporaryDirectory() as tmp:
+        for clip_model in args.clip_model:
+            recipe = train_recipe(
+                clip_model=clip_model,
+                clip_pretrained="none",
+                demo_dir=os.path.join(tmp, "demo"),
+                output_dir=os.path.join(tmp, "runs"),
+                k_shot=args.k_shot,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers if args.data_loader else 0,
+                epochs=10**6 if args.data_loader else args.premade_epochs,
+                device="cpu",
             )
-        if args.baseline:
-            before, now = results[next(iter(runs))]["step"], results["now"]["step"]
-            print(f"{clip_model}: {now / before:.2f}x the step before ({(1 - now / before) * 100:.0f}% faster)")
+            data = recipe.get_parsed_content("data")
+            print(
+                f"CPU, {torch.get_num_threads()} threads, batch {args.batch_size}, {len(data.train)} training slices, "
+                f"{source}; mean of {args.steps} steps"
+            )
+            batches = [] if args.data_loader else list(make_loader(recipe)[0])  # --premade_epochs epochs of them
+            runs = [("before (no token cache, whole text transformer)", False)] if args.baseline else []
+            runs = {
+                label: timed_steps(clip_model, recipe, batches, savings) for label, savings in runs + [("now", True)]
+            }
+            steps = {label: [] for label in runs}
+            for _ in range(args.steps):  # the variants take turns, so that both see the machine alike
+                for label, run in runs.items():
+                    steps[label].append(next(run))
+            results = {}
+            for label in runs:
+                r = results[label] = summary(steps[label])
+                print(
+                    f"{clip_model} {label}: {r['step']:.3f} s/step (median {r['median']:.3f}) = image tower "
+                    f"{r['image']:.3f} + text tower {r['text']:.3f} + heads, loss, optimizer {r['rest']:.3f}; "
+                    f"waiting for data {r['wait'] * 1000:.1f} ms",
+                    flush=True,
+                )
+            if args.baseline:
+                before, now = results[next(iter(runs))]["step"], results["now"]["step"]
+                print(f"{clip_model}: {now / before:.2f}x the step before ({(1 - now / before) * 100:.0f}% faster)")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from mediclip_monai.io.report import write_case_report
+from mediclip_monai.reporting.case_report import write_case_report
+from mediclip_monai.workflows.bundle import config_files
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def run_bundle_inference(bundle: Path, staged: list[Path], output_dir: Path, ove
 
     configs = bundle / "configs"
     workflow = ConfigWorkflow(
-        config_file=str(configs / "inference.json"),
+        config_file=config_files("inference.json", bundle),
         meta_file=str(configs / "metadata.json"),
         workflow_type="infer",
         bundle_root=str(bundle),

@@ -39,6 +39,7 @@ __all__ = [
     "MediclipError",
     "MissingPackageError",
     "OutputError",
+    "describe_failure",
     "format_problems",
     "install_excepthook",
     "output_error",
@@ -190,6 +191,20 @@ def reason_of(error: BaseException) -> tuple[BaseException, bool]:
         feature, extra = EXTRA_PACKAGES[package]
         return missing_package(package, feature, f'pip install -e ".[{extra}]"'), True
     return root, False
+
+
+def describe_failure(source: str, error: BaseException) -> str:
+    """``"<source>: <reason>"`` for a failed case.
+
+    MONAI wraps a transform's error in RuntimeErrors ("applying transform ..."): the reason is the user
+    error in the chain (``errors.reason_of``; a DataError names its file), else the innermost exception
+    with its type.
+    """
+    reason, is_user_error = reason_of(error)
+    text = str(reason).strip()
+    if not is_user_error:
+        text = f"{type(reason).__name__}: {text}"
+    return text if source and text.startswith(str(source)) else f"{source}: {text}"
 
 
 def report_uncaught(exc_type, error, tb) -> None:

@@ -42,7 +42,7 @@ def flag(value, key: str, allow_null: bool = False) -> bool | None:
 
 
 def check_settings(
-    epochs, batch_size, k_shot, lr, val_interval, num_workers, threshold=0.5, feature_cache_gb=0.0, flags=None
+    epochs, batch_size, k_shot, lr, val_interval, num_workers, feature_cache_gb=0.0, flags=None
 ) -> None:
     """Refuse config values that cannot work, before any data is read or any network is built.
 
@@ -64,10 +64,6 @@ def check_settings(
     whole("num_workers", num_workers, 0, "data loading processes; 0 loads in the main process")
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
         problems.append(f"--lr {lr!r}: must be a number > 0 (the learning rate, e.g. 0.001)")
-    if threshold is not None and (
-        isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold <= 1
-    ):
-        problems.append(f"--threshold {threshold!r}: must be an anomaly probability between 0 and 1 (or null)")
     if (
         isinstance(feature_cache_gb, bool)
         or not isinstance(feature_cache_gb, numbers.Real)

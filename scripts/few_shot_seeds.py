@@ -3,15 +3,15 @@
 
     python scripts/few_shot_seeds.py --seeds 0 1 2 3 4 --output_dir bundle/runs/seeds [train.json overrides]
 
-Which k shots are drawn changes with the seed (``mediclip_monai.data.datalists.sample_k_shot``), and
-few-shot results depend on it, so one run proves little. Each seed runs the bundle's own recipes, as
-``python -m monai.bundle run training --config_file bundle/configs/train.json --seed S ...`` and then the
-evaluation (``['train.json','evaluate.json']``) would, into ``<output_dir>/seed_<S>/`` (model.pt under
-``models/``, metrics.json under ``eval/``). Every other ``--key value`` is passed to both recipes as it is
-(values read as Python literals where they are ones: ``--epochs 50``, ``--feature_layers [12,18,24]``).
-The table gives, per anomaly branch (metrics.json's ``branches``; the model's own map alone for a model
-without them) and metric, the mean and standard deviation over the seeds; ``seeds.json`` in
-``output_dir`` holds every seed's metrics and the summary.
+Which k shots are drawn changes with the seed (``mediclip_monai.data.datalists.sample_k_shot``), and few-shot
+results depend on it, so one run proves little. Each seed runs the bundle's own recipes, as ``python -m
+monai.bundle run training --config_file "['bundle/configs/common.json','bundle/configs/train.json']" --seed S
+...`` and then the evaluation (``['common.json','inference.json','evaluate.json']``) would, into
+``<output_dir>/seed_<S>/`` (model.pt under ``models/``, metrics.json under ``eval/``). Every other ``--key value``
+is passed to both recipes as it is (values read as Python literals where they are ones: ``--epochs 50``,
+``--feature_layers [12,18,24]``). The table gives, per anomaly branch (metrics.json's ``branches``; the model's
+own map alone for a model without them) and metric, the mean and standard deviation over the seeds; ``seeds.json``
+in ``output_dir`` holds every seed's metrics and the summary.
 """
 
 import argparse
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mediclip_monai.io.atomic import atomic_write
+from mediclip_monai.workflows.bundle import config_files
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
@@ -69,8 +70,8 @@ def run_seed(seed: int, output_dir: Path, overrides: dict) -> dict:
     folder = output_dir / f"seed_{seed}"
     values = {**overrides, "seed": seed, "ckpt_dir": str(folder / "models"), "output_dir": str(folder)}
     values.setdefault("bundle_root", str(REPO / "bundle"))
-    run_recipe(str(CONFIGS / "train.json"), "training", "train", **values)
-    evaluation = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
+    run_recipe(config_files("train.json", CONFIGS.parent), "training", "train", **values)
+    evaluation = config_files("evaluate.json", CONFIGS.parent)
     run_recipe(evaluation, "evaluating", "eval", **values)
     return json.loads((folder / "eval" / "metrics.json").read_text())
 

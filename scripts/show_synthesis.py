@@ -12,6 +12,7 @@ near the middle of the MNI152 2009 T1 template that ships inside nilearn (no dow
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import matplotlib
 
@@ -20,16 +21,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import ndimage
 
-from mediclip_monai.transforms import SYNTHESIS_TASK_NAMES, make_synthesis_task
+from mediclip_monai.transforms import SYNTHESIS_TASKS, make_synthesis_task
 
-TASK_COLOURS = {
-    "CutPaste": "#ff4040",
-    "GaussIntensityChange": "#ffb000",
-    "SourceDeformation": "#40ff40",
-    "SinkDeformation": "#00e0ff",
-    "SmoothIntensityChange": "#ff60ff",
-    "Identity": "#ffffff",
-}
+# one outline colour per task, in the order of the registered tasks
+OUTLINES = ["#ff4040", "#ffb000", "#40ff40", "#00e0ff", "#ff60ff", "#ffffff"]
+TASK_COLOURS = dict(zip(SYNTHESIS_TASKS, itertools.cycle(OUTLINES)))
 
 
 def mni_axial_slices(heights_mm: list[float], size: int = 224) -> list[np.ndarray]:
@@ -66,9 +62,9 @@ def main() -> None:
     args = parser.parse_args()
 
     image, *support = mni_axial_slices([10.0, -6.0, 2.0, 18.0, 26.0], args.size)
-    rows, cols = len(SYNTHESIS_TASK_NAMES), args.seeds + 1
+    rows, cols = len(SYNTHESIS_TASKS), args.seeds + 1
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.9 * rows), squeeze=False)
-    for r, name in enumerate(SYNTHESIS_TASK_NAMES):
+    for r, name in enumerate(SYNTHESIS_TASKS):
         task = make_synthesis_task(
             name, support_images=support, foreground_threshold=args.foreground_threshold
         )

@@ -13,7 +13,7 @@ and the anomaly segmentation. Without a source, the map alone is shown.
 
 Each case's manifest (``<name>_case.json``) says which scale its map is in (``map_scale``): ``probability``
 (the branch's values) or ``normalised`` (0.5 = the mask threshold of the model, see
-``mediclip_monai/map_scale.py``), and where its mask was cut in that scale (``map_mask_level``). The case
+``mediclip_monai/decisions/map_scale.py``), and where its mask was cut in that scale (``map_mask_level``). The case
 list prints both; the colour window is 0 to 1 for both scales, so on a normalised map the middle colour is
 the threshold, and values below a quarter (normalised) or 0.05 (probability) are drawn transparent.
 

@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.data import MetaTensor, NibabelReader, PILReader, PydicomReader
-from monai.transforms import LoadImage, Resize
+from monai.transforms import LoadImage
 
 from mediclip_monai.data.dicom import scan_dicom_series
 from mediclip_monai.errors import DataError, format_problems
@@ -54,6 +55,7 @@ __all__ = [
     "is_image_path",
     "load_training_slices",
     "read_image",
+    "resize_views",
     "scale_intensity",
     "shear_voxels",
     "slices_to_volume",
@@ -649,6 +651,21 @@ def volume_to_views(volume: torch.Tensor, affine=None) -> torch.Tensor:
     return views.flip(flips) if flips else views
 
 
+def resize_views(views: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
+    """``(N, C, rows, cols)`` views resized to ``size`` (rows, columns) by ``mode`` (``bilinear``, ``bicubic``,
+    ``nearest``...), as MONAI's ``Resize`` does: torch's interpolation, corners not aligned, no anti-aliasing.
+
+    The one resizing of the model's inputs (to its ``input_contract``: training slices, the evaluation grid,
+    the inferer's slices) and of its maps back to the slices' own size; views already at ``size`` are returned
+    as they are.
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(views.shape[-2:]) == size:
+        return views
+    corners = {"align_corners": False} if mode in ("linear", "bilinear", "bicubic", "trilinear") else {}
+    return F.interpolate(views, size=size, mode=mode, **corners)
+
+
 def views_to_volume(views: torch.Tensor, affine) -> torch.Tensor:
     """The inverse of `volume_to_views`: ``(N, C, rows, cols)`` views back to ``(C, H, W, D)``.
 
@@ -668,19 +685,23 @@ def views_to_volume(views: torch.Tensor, affine) -> torch.Tensor:
 
 
 def load_training_slices(
-    items: Sequence[dict], image_size: int = 224, min_foreground: float = 0.05
+    items: Sequence[dict],
+    image_size: int | Sequence[int] = 224,
+    min_foreground: float = 0.05,
+    interpolation: str = "bilinear",
 ) -> list[dict]:
     """Load normal images as the 2D training/validation inputs of the model.
 
     For each entry: `read_image`, `scale_intensity` to [0, 1] (over the whole image or volume),
     `volume_to_slices` (2D images give one slice; slices with too little foreground are skipped, so an
-    empty or constant image, 2D or 3D, is refused), then a bilinear resize to ``image_size x image_size``
-    (MONAI `Resize`, no anti-aliasing).
+    empty or constant image, 2D or 3D, is refused), then `resize_views` to ``image_size`` by ``interpolation``
+    (the network's input contract).
 
     Args:
         items: datalist entries with an ``"image"`` path (e.g. the k-shot training entries).
-        image_size: side of the square output slices in pixels.
+        image_size: (rows, columns) of the output slices in pixels, or the side of a square.
         min_foreground: see `volume_to_slices`.
+        interpolation: how slices are resized (``bilinear``, ``bicubic``...).
 
     Returns:
         ``[{"image": float32 torch.Tensor (1, S, S) in [0, 1], "name": "<case>" or "<case>_z<k>", "entry": i}, ...]``
@@ -690,7 +711,7 @@ def load_training_slices(
     Raises:
         DataError: one message listing every entry that could not be read or gave no slice.
     """
-    resize = Resize(spatial_size=(int(image_size), int(image_size)), mode="bilinear", anti_aliasing=False)
+    size = (int(image_size),) * 2 if isinstance(image_size, (int, np.integer)) else tuple(image_size)
     out, problems = [], []
     for i, item in enumerate(items):
         path = item.get("image") if isinstance(item, dict) else None
@@ -712,8 +733,7 @@ def load_training_slices(
             continue
         name = case_name(path)
         for k, plane in slices:
-            small = resize(plane)
-            small = small.as_tensor() if isinstance(small, MetaTensor) else torch.as_tensor(small)
+            small = resize_views(_plain(plane)[None].float(), size, interpolation)[0]
             out.append(
                 {
                     "image": small.float().clamp(0.0, 1.0).contiguous(),

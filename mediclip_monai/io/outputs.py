@@ -6,10 +6,12 @@ Layout of ``<output_dir>``::
            [<name>_anomaly_seg.dcm, <name>_anomaly_map.dcm,] <name>_case.json   (the manifest, written last)
     scores.csv, cases.json                                    (the index of every case folder)
 
+The outputs of a case are those named in ``outputs`` (inference.json), from ``io.writers.CASE_WRITERS``.
+
 - A case is written into a hidden staging folder (``.<name>.tmp-XXXXXXXX``) and renamed into place once
   every output and its manifest are there: a case folder is complete or absent, never half-written.
 - The manifest records the case's source, score, slice of the maximum, threshold, decision, model, the
-  scale of the map files (``map_scale``, see ``mediclip_monai.map_scale``) and outputs. A folder whose
+  scale of the map files (``map_scale``, see ``mediclip_monai.decisions.map_scale``) and outputs. A folder whose
   manifest names the same source, threshold and model, and whose outputs all exist, is complete: a re-run
   skips it (``overwrite`` redoes it).
 - A name held on disk by another source (or by a folder without a manifest) is never reused: the case
@@ -39,20 +41,13 @@ import numpy as np
 from monai.transforms import MapTransform
 
 from ..data.cases import Case
-from ..engines import describe_failure
-from ..errors import OutputError, reason_of, writing_into
-from ..map_scale import MapScale
+from ..decisions.map_scale import MapScale
+from ..errors import ConfigValueError, OutputError, describe_failure, reason_of, writing_into
 from .atomic import atomic_write
-from .parametric_map import write_parametric_map
-from .writers import (
-    write_anomaly_map,
-    write_anomaly_mask,
-    write_dicom_seg,
-    write_scores_csv,
-    write_slicer_segmentation,
-)
+from .writers import CASE_WRITERS, CaseArrays, write_scores_csv
 
 __all__ = [
+    "DEFAULT_OUTPUTS",
     "MANIFEST_SUFFIX",
     "BackgroundWrites",
     "SaveCaseOutputsd",
@@ -69,6 +64,8 @@ MANIFEST_SUFFIX = "_case.json"
 SCORES_FILE = "scores.csv"
 CASES_FILE = "cases.json"
 RESUME_HINT = "the cases written before are complete: run the same command again to go on"
+# What a case gets unless inference.json's ``outputs`` says otherwise (names of ``io.writers.CASE_WRITERS``).
+DEFAULT_OUTPUTS = ("anomaly_map", "anomaly_mask", "slicer_segmentation", "dicom_seg", "parametric_map")
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -242,10 +239,10 @@ class SaveCaseOutputsd(MapTransform):
     """Write one case's outputs into ``<output_dir>/<name>/``, all or none, ending with its manifest.
 
     Outputs (see the module docstring for the folder rules), all on the input's voxel grid (the map's
-    affine): ``<name>_anomaly_map.nii.gz`` (float32, in the scale of ``map_scale``), ``<name>_anomaly_mask.nii.gz``
-    (uint8), ``<name>_anomaly.seg.nrrd`` (3D Slicer segmentation) and, for a DICOM series input,
-    ``<name>_anomaly_seg.dcm`` (DICOM SEG) and ``<name>_anomaly_map.dcm`` (DICOM Parametric Map of the map), both
-    referencing the series.
+    affine): those named in ``outputs``; by default ``<name>_anomaly_map.nii.gz`` (float32, in the scale of
+    ``map_scale``), ``<name>_anomaly_mask.nii.gz`` (uint8), ``<name>_anomaly.seg.nrrd`` (3D Slicer segmentation)
+    and, for a DICOM series input, ``<name>_anomaly_seg.dcm`` (DICOM SEG) and ``<name>_anomaly_map.dcm`` (DICOM
+    Parametric Map of the map), both referencing the series.
 
     Args:
         output_dir: the run's output folder.
@@ -255,7 +252,11 @@ class SaveCaseOutputsd(MapTransform):
         mask_key: the uint8 mask key (``AnomalyScored``).
         name_key, source_key: the case's name and its image file or DICOM series folder.
         writes: where the writing runs (`BackgroundWrites`, whose ``wait`` reports failures); None: now.
+        outputs: the case's outputs, names of ``io.writers.CASE_WRITERS``, written in this order.
         map_scale: the scale the map files are written in (`MapScale`); None: the branch's own values.
+
+    Raises:
+        ConfigValueError: an output name that is not registered.
 
     The case's ``score``, ``max_slice``, ``threshold``, ``image_threshold`` and ``decision``
     (``AnomalyScored``) go into the manifest. Sets ``case_folder`` and ``name`` (the folder written and the
@@ -271,13 +272,18 @@ class SaveCaseOutputsd(MapTransform):
         name_key: str = "name",
         source_key: str = "source",
         writes: BackgroundWrites | None = None,
+        outputs: Sequence[str] = DEFAULT_OUTPUTS,
         map_scale: MapScale | None = None,
     ):
         super().__init__(keys)
+        unknown = [name for name in outputs if name not in CASE_WRITERS]
+        if unknown:
+            raise ConfigValueError(f"--outputs {unknown}: not a case output; the outputs are {', '.join(CASE_WRITERS)}")
         self.output_dir = Path(output_dir)
         self.identity = dict(identity or {})
         self.mask_key, self.name_key, self.source_key = mask_key, name_key, source_key
         self.writes = writes
+        self.outputs = tuple(outputs)
         self.map_scale = map_scale or MapScale()
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
@@ -298,7 +304,8 @@ class SaveCaseOutputsd(MapTransform):
             **self.map_scale.describe(),
             **self.identity,
         }
-        write = partial(self._write, name, source, anomaly_map, mask, affine, manifest)
+        case = CaseArrays(source, self.map_scale.written(anomaly_map), mask, affine, self.map_scale)
+        write = partial(self._write, name, case, manifest)
         if self.writes is None:
             name = write()
         else:  # the name it gets is known once written (a concurrent run may take this one meanwhile)
@@ -306,7 +313,7 @@ class SaveCaseOutputsd(MapTransform):
         d[self.name_key], d["case_folder"] = name, str(self.output_dir / name)
         return d
 
-    def _write(self, name: str, source: str, anomaly_map, mask, affine, manifest: dict) -> str:
+    def _write(self, name: str, case: CaseArrays, manifest: dict) -> str:
         """Stage the case's outputs and manifest, then move them into place; returns the name it got.
 
         A full or read-only folder is no case's fault: it stops the run (``errors.OutputError``)."""
@@ -314,23 +321,13 @@ class SaveCaseOutputsd(MapTransform):
             staging = self.output_dir / f".{name}.tmp-{secrets.token_hex(4)}"
             try:
                 staging.mkdir(parents=True)
-                files = {
-                    "anomaly_map": f"{name}_anomaly_map.nii.gz",
-                    "anomaly_mask": f"{name}_anomaly_mask.nii.gz",
-                    "segmentation": f"{name}_anomaly.seg.nrrd",
-                }
-                scale = self.map_scale
-                anomaly_map = scale.written(anomaly_map)
-                write_anomaly_map(staging / files["anomaly_map"], anomaly_map, affine, description=scale.label())
-                write_anomaly_mask(staging / files["anomaly_mask"], mask, affine)
-                scale_fields = {"MediCLIP_map_scale": scale.name, "MediCLIP_map_mask_level": f"{scale.mask_level:g}"}
-                write_slicer_segmentation(staging / files["segmentation"], mask, affine, fields=scale_fields)
-                if os.path.isdir(source) and mask.ndim == 3:
-                    files["dicom_seg"] = f"{name}_anomaly_seg.dcm"
-                    write_dicom_seg(staging / files["dicom_seg"], mask, source, affine=affine)
-                    files["parametric_map"] = f"{name}_anomaly_map.dcm"
-                    write_parametric_map(staging / files["parametric_map"], anomaly_map, source, affine, scale)
-                manifest = {**manifest, "outputs": list(files.values())}
+                files = []
+                for output in self.outputs:
+                    writer = CASE_WRITERS[output]
+                    if writer.applies(case):
+                        files.append(f"{name}{writer.suffix}")
+                        writer.write(staging / files[-1], case)
+                manifest = {**manifest, "outputs": files}
                 _write_manifest(staging, name, manifest)
                 return _commit(staging, self.output_dir, name, manifest)
             except BaseException:

@@ -6,7 +6,7 @@ gantry-tilted series included, whose frames keep its sheared grid). It is a seri
 instance UIDs, series number the source's + 1001) in the source's study and frame of reference.
 
 What the values mean travels with them: the Real World Value Mapping (identity, unit-less) is labelled with
-the scale of the map (``mediclip_monai.map_scale``: anomaly probability, or the normalised scale whose 0.5 is
+the scale of the map (``mediclip_monai.decisions.map_scale``: anomaly probability, or the normalised scale whose 0.5 is
 the mask threshold) and the window (centre 0.5, width 1) covers the scale's 0 to 1, so in the normalised scale
 the middle of the window is the mask threshold on every model.
 """
@@ -17,16 +17,19 @@ import os
 from pathlib import Path
 
 import numpy as np
+from monai.utils import convert_to_numpy
 
-from ..map_scale import MapScale
+from ..decisions.map_scale import MapScale
 from .atomic import atomic_write
 from .writers import (
     PARAMETRIC_MAP_SERIES_OFFSET,
+    CaseArrays,
     _affine_4x4,
-    _as_numpy,
     _check_spatial,
     _derivable_series,
     _derived_object,
+    case_writer,
+    of_dicom_volume,
 )
 
 __all__ = ["write_parametric_map"]
@@ -63,7 +66,7 @@ def write_parametric_map(
 
     scale = scale or MapScale()
     series = _derivable_series(source_datasets)
-    data = _as_numpy(anomaly_map).astype(np.float32)
+    data = convert_to_numpy(anomaly_map).astype(np.float32)
     _check_spatial(data, "anomaly_map")
     if not np.all(np.isfinite(data)):
         raise ValueError("anomaly_map has NaN or infinite values")
@@ -98,3 +101,8 @@ def write_parametric_map(
     with atomic_write(path) as tmp:
         parametric_map.save_as(tmp)
     return path
+
+
+@case_writer("parametric_map", "_anomaly_map.dcm", applies=of_dicom_volume)
+def _parametric_map(path: Path, case: CaseArrays) -> None:
+    write_parametric_map(path, case.anomaly_map, case.source, case.affine, case.scale)

@@ -1,5 +1,7 @@
 """Writers for MediCLIP's inference outputs: anomaly map and mask (NIfTI), 3D Slicer segmentation
-(``.seg.nrrd``), DICOM SEG, and the run's ``scores.csv``.
+(``.seg.nrrd``), DICOM SEG, and the run's ``scores.csv``; and the registry of a case's outputs
+(`CASE_WRITERS`), from which inference.json's ``outputs`` and the MONAI Label app choose theirs: a new output
+is one function registered with `case_writer` and its name in that list.
 
 Arrays come in the *input's* voxel grid, as MONAI loaded it: 2D ``(H, W)`` or 3D ``(H, W, D)``, no
 channel axis, plus the 4x4 voxel-to-world affine in MONAI's RAS convention (``MetaTensor.affine`` from
@@ -30,19 +32,25 @@ import csv
 import gzip
 import importlib.metadata
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from monai.utils import convert_to_numpy
 
 from ..data.dicom import DicomSeries, scan_dicom_series, series_from_datasets
 from ..data.loading import SHEAR_TOLERANCE_VOXELS, shear_voxels
+from ..decisions.map_scale import MapScale
 from ..errors import DataError
 from .atomic import atomic_write
 
 __all__ = [
-    "read_dicom_series",
+    "CASE_WRITERS",
+    "CaseArrays",
+    "CaseWriter",
+    "case_writer",
     "write_anomaly_map",
     "write_anomaly_mask",
     "write_dicom_seg",
@@ -66,13 +74,6 @@ def _package_version() -> str:
         return "unknown"
 
 
-def _as_numpy(array) -> np.ndarray:
-    """numpy view of a numpy array, torch tensor or MetaTensor (on any device)."""
-    if hasattr(array, "detach"):
-        array = array.detach().cpu().numpy()
-    return np.asarray(array)
-
-
 def _check_spatial(array: np.ndarray, what: str) -> None:
     if array.ndim not in (2, 3):
         raise ValueError(
@@ -83,7 +84,7 @@ def _check_spatial(array: np.ndarray, what: str) -> None:
 
 def _affine_4x4(affine, ndim: int) -> np.ndarray:
     """The voxel-to-world affine as a float64 4x4; a 3x3 (2D) affine is embedded with a unit third axis."""
-    affine = _as_numpy(affine).astype(np.float64)
+    affine = convert_to_numpy(affine).astype(np.float64)
     if affine.shape == (3, 3) and ndim == 2:
         full = np.eye(4)
         full[:2, :2] = affine[:2, :2]
@@ -157,7 +158,7 @@ def write_anomaly_map(
     Returns:
         ``path`` as a Path. A 2D array gives a 2D NIfTI of exactly that shape.
     """
-    data = _as_numpy(anomaly_map).astype(np.float32)
+    data = convert_to_numpy(anomaly_map).astype(np.float32)
     _check_spatial(data, "anomaly_map")
     if not np.all(np.isfinite(data)):
         raise ValueError("anomaly_map has NaN or infinite values")
@@ -170,7 +171,7 @@ def write_anomaly_mask(path: str | os.PathLike, mask, affine) -> Path:
 
     Same shape and geometry rules as :func:`write_anomaly_map`.
     """
-    data = (_as_numpy(mask) > 0).astype(np.uint8)
+    data = (convert_to_numpy(mask) > 0).astype(np.uint8)
     _check_spatial(data, "mask")
     return _write_nifti(path, data, _affine_4x4(affine, data.ndim))
 
@@ -208,7 +209,7 @@ def write_slicer_segmentation(
     """
     import nrrd  # pynrrd; imported here so the NIfTI writers do not need it
 
-    data = (_as_numpy(mask) > 0).astype(np.uint8)
+    data = (convert_to_numpy(mask) > 0).astype(np.uint8)
     _check_spatial(data, "mask")
     data, ras_affine = _to_3d_grid(data, _affine_4x4(affine, data.ndim))
     lps_affine = _RAS_TO_LPS @ ras_affine
@@ -274,20 +275,6 @@ _TYPE2_FROM_SOURCE = (
 )
 # Type 1 attributes without which a SEG cannot reference its source images.
 _REFERENCE_ATTRIBUTES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-
-
-def read_dicom_series(folder: str | os.PathLike, stop_before_pixels: bool = False) -> list:
-    """Read the DICOM image series in ``folder`` (not recursive) sorted along the slice normal.
-
-    The files are chosen by the scanner that reading uses too
-    (:func:`mediclip_monai.data.dicom.scan_dicom_series`): files that are not DICOM, and DICOM objects
-    that are not images (DICOMDIR, SR, SEG, ...), are skipped; more than one image series in the folder
-    is a ``DataError``: which one was meant is unknowable.
-
-    Returns:
-        list of ``pydicom.Dataset``, ascending position along ``row direction x column direction``.
-    """
-    return list(scan_dicom_series(folder, pixels=not stop_before_pixels).datasets)
 
 
 def _source_series(source) -> DicomSeries:
@@ -376,7 +363,7 @@ def write_dicom_seg(
         mask: binary mask of the series in MONAI's array order, ``(columns, rows, slices)`` (see the
             module docstring); a single-image input may be 2D ``(columns, rows)``.
         source_datasets: the series: its folder, its `DicomSeries` (:func:`scan_dicom_series`), or its
-            ``pydicom.Dataset`` objects in any order (:func:`read_dicom_series` gives them).
+            ``pydicom.Dataset`` objects in any order.
         segment_label: the segment's label.
         affine: optional 4x4 RAS affine of the volume the mask lives on (``MetaTensor.affine``). When
             given, mask slices are matched to source instances geometrically, so any reader's axis order
@@ -397,7 +384,7 @@ def write_dicom_seg(
     from pydicom.sr.coding import Code
 
     series = _derivable_series(source_datasets)
-    data = _as_numpy(mask) > 0
+    data = convert_to_numpy(mask) > 0
     _check_spatial(data, "mask")
     frames = series.frames(data, None if affine is None else _affine_4x4(affine, 3)).astype(np.uint8)
     description = hd.seg.SegmentDescription(
@@ -432,7 +419,7 @@ def write_dicom_seg(
 
 def _shortest(value) -> str:
     """Shortest text that reads back to the same value in the number's own precision."""
-    return np.format_float_positional(_as_numpy(value), unique=True, trim="-")
+    return np.format_float_positional(convert_to_numpy(value), unique=True, trim="-")
 
 
 def write_scores_csv(path: str | os.PathLike, rows: Iterable[Mapping]) -> Path:
@@ -462,3 +449,75 @@ def write_scores_csv(path: str | os.PathLike, rows: Iterable[Mapping]) -> Path:
                 ]
             )
     return path
+
+
+# --- the outputs of a case -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseArrays:
+    """What a case's outputs are written from, on the input's voxel grid (no channel axis).
+
+    Attributes:
+        source: the case's image file or DICOM series folder.
+        anomaly_map: ``(H, W[, D])`` float32 map in [0, 1], in the scale of ``scale``.
+        mask: ``(H, W[, D])`` uint8 mask at the run's threshold.
+        affine: 4x4 voxel-to-world matrix in RAS millimetres.
+        scale: the scale the map is in (`MapScale`): what its values mean and where its mask is cut.
+    """
+
+    source: str
+    anomaly_map: np.ndarray
+    mask: np.ndarray
+    affine: np.ndarray
+    scale: MapScale = MapScale()
+
+
+@dataclass(frozen=True)
+class CaseWriter:
+    """One output of a case: ``write(path, case)`` into ``<name><suffix>``, for the cases it ``applies`` to."""
+
+    suffix: str
+    write: Callable[[Path, CaseArrays], object]
+    applies: Callable[[CaseArrays], bool]
+
+
+# The outputs a case can have, by name (inference.json's ``outputs``), in registration order.
+CASE_WRITERS: dict[str, CaseWriter] = {}
+
+
+def case_writer(name: str, suffix: str, applies: Callable[[CaseArrays], bool] = lambda case: True):
+    """Register ``write(path, case)`` as the case output ``name``, written to ``<case name><suffix>`` for the
+    cases ``applies`` accepts (every case by default)."""
+
+    def register(write: Callable[[Path, CaseArrays], object]):
+        CASE_WRITERS[name] = CaseWriter(suffix, write, applies)
+        return write
+
+    return register
+
+
+@case_writer("anomaly_map", "_anomaly_map.nii.gz")
+def _anomaly_map(path: Path, case: CaseArrays) -> None:
+    write_anomaly_map(path, case.anomaly_map, case.affine, description=case.scale.label())
+
+
+@case_writer("anomaly_mask", "_anomaly_mask.nii.gz")
+def _anomaly_mask(path: Path, case: CaseArrays) -> None:
+    write_anomaly_mask(path, case.mask, case.affine)
+
+
+@case_writer("slicer_segmentation", "_anomaly.seg.nrrd")
+def _slicer_segmentation(path: Path, case: CaseArrays) -> None:
+    fields = {"MediCLIP_map_scale": case.scale.name, "MediCLIP_map_mask_level": f"{case.scale.mask_level:g}"}
+    write_slicer_segmentation(path, case.mask, case.affine, fields=fields)
+
+
+def of_dicom_volume(case: CaseArrays) -> bool:
+    """Whether a case is a DICOM series volume (the outputs that reference its source images apply)."""
+    return os.path.isdir(case.source) and case.mask.ndim == 3
+
+
+@case_writer("dicom_seg", "_anomaly_seg.dcm", applies=of_dicom_volume)
+def _dicom_seg(path: Path, case: CaseArrays) -> None:
+    write_dicom_seg(path, case.mask, case.source, affine=case.affine)

@@ -1,12 +1,13 @@
-"""MONAI Label inference task: the bundle's own inference recipe (``configs/inference.json``) on one study.
+"""MONAI Label inference task: the bundle's own inference recipe (``configs/inference.json`` on
+``configs/common.json``) on one study.
 
-What runs is what ``python -m monai.bundle run --config_file bundle/configs/inference.json`` runs, read
-from that file with MONAI's ``ConfigParser`` at every request, so a change of the recipe reaches MONAI
-Label without a code change: its ``preprocessing`` (reading, intensity scaling), its ``inferer`` with its
-``network`` (rebuilt from model.pt), and its ``postprocessing`` (threshold, image score, slice of the
-maximum) without the writers of a batch run (``SaveCaseOutputsd``): here MONAI Label's writer sends the
-mask. The recipe's keys are overridden with the app's model.pt, CLIP weights and the request's options,
-each read into its type first (`infer_options`; nothing a client sends reaches the recipe as text).
+What runs is what ``python -m monai.bundle run --config_file "['bundle/configs/common.json',
+'bundle/configs/inference.json']"`` runs, read from those files with MONAI's ``ConfigParser`` at every request, so
+a change of the recipe reaches MONAI Label without a code change: its ``preprocessing`` (reading, intensity
+scaling), its ``inferer`` with its ``network`` (rebuilt from model.pt), and its ``postprocessing`` (threshold,
+image score, slice of the maximum) without the writers of a batch run (``SaveCaseOutputsd``): here MONAI Label's
+writer sends the mask. The recipe's keys are overridden with the app's model.pt, CLIP weights and the request's
+options, each read into its type first (`infer_options`; nothing a client sends reaches the recipe as text).
 
 One request, one model: model.pt is loaded (or taken from the cache, reloaded whenever the file changes)
 once, when the request starts, and that network gives the map, the thresholds, the mask and the decision,
@@ -45,9 +46,10 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from mediclip_monai.errors import ConfigValueError, DataError, MediclipError, reason_of
 from mediclip_monai.io.outputs import SaveCaseOutputsd
-from mediclip_monai.io.writers import write_anomaly_map, write_anomaly_mask
+from mediclip_monai.io.writers import CASE_WRITERS, CaseArrays
 from mediclip_monai.label import options as opt
 from mediclip_monai.label.model_store import file_version
+from mediclip_monai.workflows.bundle import config_files
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +57,10 @@ LABEL_NAMES = {"anomaly": 1}
 # The options of an infer request (and of the app's --conf); threshold and batch_size are inference.json's.
 INFER_OPTIONS = ("threshold", "batch_size", "anomaly_branch", "device")
 RECIPE_KEYS = ("threshold", "batch_size")
-# Postprocessing transforms that write a batch run's output folder; MONAI Label writes its own result.
+# Postprocessing transforms that write a batch run's output folder; MONAI Label writes its own result:
 BATCH_WRITERS = (SaveCaseOutputsd,)
+# the label it returns and the map it keeps, from the case outputs of a batch run (io.writers.CASE_WRITERS).
+LABEL_OUTPUTS = ("anomaly_mask", "anomaly_map")
 
 
 class StudyReadError(ValueError):
@@ -137,9 +141,9 @@ class AnomalyInferTask(BasicInferTask):
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
-        self.config_file = os.path.join(bundle_dir, "configs", "inference.json")
+        self.config_files = config_files("inference.json", bundle_dir)
         self.clip_checkpoint = clip_checkpoint or None
-        recipe = ConfigParser.load_config_file(self.config_file)
+        recipe = ConfigParser.load_config_files(self.config_files)
         # The defaults of a request: the recipe's values of now for its keys (`recipe` reads the file again
         # per request, so an equal value in a request stands for the file's value then) unless --conf set them.
         defaults = {
@@ -217,7 +221,7 @@ class AnomalyInferTask(BasicInferTask):
         """inference.json with this app's values and the request's typed ``options``; ``network``: the
         request's network (``network_def``)."""
         parser = ConfigParser()
-        parser.read_config(self.config_file)
+        parser.read_config(self.config_files)
         parser["bundle_root"] = self.bundle_dir
         parser["ckpt_path"] = self.get_path(validate=False)
         parser["clip_checkpoint"] = self.clip_checkpoint
@@ -232,7 +236,7 @@ class AnomalyInferTask(BasicInferTask):
         return parser
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
-        return list(parsed(self.recipe(data), "preprocessing").transforms)
+        return list(parsed(self.recipe(data), "preprocessing"))
 
     def run_pre_transforms(self, data: dict[str, Any], transforms):
         try:
@@ -249,14 +253,14 @@ class AnomalyInferTask(BasicInferTask):
         return [t for t in post.transforms if not isinstance(t, BATCH_WRITERS)]
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[str, dict]:
-        """Mask and map as NIfTI temporary files; MONAI Label sends the mask and deletes it, the app
-        moves the map to where it is kept (see ``MediCLIPApp.infer``)."""
+        """Mask and map as temporary files, written by the case outputs of a batch run (``io.writers.CASE_WRITERS``:
+        ``anomaly_mask``, ``anomaly_map``); MONAI Label sends the mask and deletes it, the app moves the map to
+        where it is kept (see ``MediCLIPApp.infer``)."""
         affine = np.asarray(data["image"].affine.cpu(), dtype=np.float64)
         mask = np.asarray(data["mask"][0].cpu(), dtype=np.uint8)
-        mask_path = _temporary_path("_anomaly_mask.nii.gz")
-        map_path = _temporary_path("_anomaly_map.nii.gz")
-        write_anomaly_mask(mask_path, mask, affine)
-        write_anomaly_map(map_path, np.asarray(data[self.output_label_key][0].cpu(), dtype=np.float32), affine)
+        anomaly_map = np.asarray(data[self.output_label_key][0].cpu(), dtype=np.float32)
+        case = CaseArrays(str(data.get("image_path", "")), anomaly_map, mask, affine)
+        mask_path, map_path = (_write_output(output, case) for output in LABEL_OUTPUTS)
         result = {key: data[key] for key in ("score", "max_slice", "threshold", "image_threshold", "decision")}
         result["anomaly_branch"] = self._current.network.anomaly_branch
         result["model_modified"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self._current.modified))
@@ -265,7 +269,10 @@ class AnomalyInferTask(BasicInferTask):
         return mask_path, result
 
 
-def _temporary_path(suffix: str) -> str:
-    handle, path = tempfile.mkstemp(prefix="mediclip_", suffix=suffix)
+def _write_output(output: str, case: CaseArrays) -> str:
+    """The case output ``output`` written to a temporary file; its path."""
+    writer = CASE_WRITERS[output]
+    handle, path = tempfile.mkstemp(prefix="mediclip_", suffix=writer.suffix)
     os.close(handle)
+    writer.write(path, case)
     return path

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from mediclip_monai.calibration import BRANCHES
+from mediclip_monai.decisions import BRANCHES
 from mediclip_monai.errors import MediclipError
 
 # The keys MONAI Label adds to an infer request (endpoint: model, image, label, session; its clients:

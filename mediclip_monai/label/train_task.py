@@ -50,7 +50,8 @@ from mediclip_monai.errors import DataError, MediclipError, reason_of
 from mediclip_monai.io.atomic import atomic_write
 from mediclip_monai.label import options as opt
 from mediclip_monai.label.model_store import ModelStore
-from mediclip_monai.training import MAX_HELD_OUT_VALIDATION
+from mediclip_monai.workflows.bundle import config_files
+from mediclip_monai.workflows.training import MAX_HELD_OUT_VALIDATION
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +340,7 @@ class FewShotTrainTask(TrainTask):
 
         configs = os.path.join(self.bundle_dir, "configs")
         workflow = ConfigWorkflow(
-            config_file=os.path.join(configs, "train.json"),
+            config_file=config_files("train.json", self.bundle_dir),
             meta_file=os.path.join(configs, "metadata.json"),
             logging_file=os.path.join(configs, "logging.conf"),
             run_id="training",
@@ -359,8 +360,8 @@ class FewShotTrainTask(TrainTask):
         )
         workflow.initialize()
         parsed = workflow.parser.get_parsed_content
-        epoch_stats = EpochStats(self._write_stats, parsed("validate#evaluator"), extra)
-        epoch_stats.attach(parsed("train#trainer"))
+        epoch_stats = EpochStats(self._write_stats, parsed("validate::evaluator"), extra)
+        epoch_stats.attach(parsed("train::trainer"))
         workflow.run()
         workflow.finalize()
         return workflow, epoch_stats
@@ -372,7 +373,7 @@ class FewShotTrainTask(TrainTask):
 
         parsed = workflow.parser.get_parsed_content
         network, token_cache = parsed("network_def"), parsed("token_cache")
-        inputs = (parsed("data"), parsed("validate#preprocessing"), parsed("batch_size"), parsed("precision"))
+        inputs = (parsed("data"), parsed("validate::preprocessing"), parsed("batch_size"), parsed("precision"))
         candidate = validation_pixel_auroc(network, *inputs, token_cache)
         if not os.path.isfile(self.store.model_path):
             return candidate, None, None
@@ -392,7 +393,7 @@ def validation_pixel_auroc(network, data, preprocessing, batch_size: int, precis
     import torch
 
     from mediclip_monai.metrics import pixel_auroc
-    from mediclip_monai.model_calibration import branch_maps
+    from mediclip_monai.workflows.calibrate import branch_maps
 
     masks = torch.stack([item["label"][0] for item in data.validation])
     maps = branch_maps(network, data.validation, preprocessing, ("mediclip",), batch_size, precision, token_cache)

@@ -1,9 +1,10 @@
-"""MediCLIP network parts: the frozen open_clip backbone, learnable prompts, the patch memory bank, the
-store of patch tokens, the MediCLIP module and the reading of its checkpoint (model.pt)."""
+"""MediCLIP network parts: the backbone interface and its open_clip implementation, learnable prompts, the
+patch memory bank, the store of patch tokens, the MediCLIP module and the reading of its checkpoint (model.pt)."""
 
+from .backbone import Backbone, InputContract
 from .checkpoint import CheckpointError, load_mediclip, read_model_state
 from .clip_backbone import TINY_MODEL_NAME, ClipBackbone, ClipWeightsUnavailableError, create_clip_model
-from .mediclip import BranchUnavailableError, CheckpointMismatchError, InputContract, MediCLIP
+from .mediclip import BranchUnavailableError, CheckpointMismatchError, MediCLIP
 from .memory_bank import PatchMemoryBank
 from .prompts import ABNORMAL_PHRASES, NORMAL_PHRASES, PromptLearner
 from .token_cache import PatchTokenCache
@@ -12,6 +13,7 @@ __all__ = [
     "ABNORMAL_PHRASES",
     "NORMAL_PHRASES",
     "TINY_MODEL_NAME",
+    "Backbone",
     "BranchUnavailableError",
     "CheckpointError",
     "CheckpointMismatchError",

@@ -8,6 +8,7 @@ very network it was trained on; nothing else has to be repeated at inference.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import zipfile
@@ -18,6 +19,8 @@ from ..errors import MediclipError
 from .mediclip import CheckpointMismatchError, MediCLIP
 
 __all__ = ["CheckpointError", "load_mediclip", "read_model_state", "require_model_file"]
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(MediclipError, ValueError):
@@ -64,7 +67,8 @@ def load_mediclip(
     device: str | torch.device = "cpu",
     anomaly_branch: str | None = None,
 ) -> MediCLIP:
-    """Rebuild the network recorded in ``ckpt_path`` and load its trained state; eval mode, on ``device``.
+    """Rebuild the network recorded in ``ckpt_path`` and load its trained state; eval mode, on ``device``. Logs
+    what was loaded.
 
     Args:
         ckpt_path: model.pt written by training (or a resume checkpoint).
@@ -72,7 +76,7 @@ def load_mediclip(
             the model was trained from such a file.
         device: where the network goes.
         anomaly_branch: the map the network returns (``mediclip``, ``memory_bank``, ``fused``); None: the
-            default stored in the model's calibration (``mediclip`` for an uncalibrated model).
+            default branch of the model's decisions (``mediclip`` for an uncalibrated model).
 
     Raises:
         CheckpointError: see :func:`read_model_state`, the rebuilt backbone is not the one it was trained on,
@@ -96,6 +100,12 @@ def load_mediclip(
         network.require_branch(network.anomaly_branch)
     except ValueError as error:  # an unknown branch name, or BranchUnavailableError
         raise CheckpointError(f"{ckpt_path}: {error}") from None
+    identity = network.identity
+    weights = identity["clip_checkpoint"] or f"clip_pretrained {identity['clip_pretrained']}"
+    calibrated = "calibrated" if network.decisions.calibrated else "not calibrated"
+    logger.info(
+        f"model {ckpt_path}: backbone {identity['clip_model']} ({weights}), {network.anomaly_branch} map, {calibrated}"
+    )
     return network.to(device).eval()
 
 

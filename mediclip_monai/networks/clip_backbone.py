@@ -1,8 +1,9 @@
-"""The frozen open_clip backbone of MediCLIP: model loading and patch-token taps.
+"""The open_clip implementation of MediCLIP's backbone (``backbone.Backbone``): model loading, patch-token taps,
+the text tower.
 
 MediCLIP (MICCAI 2024, arXiv 2405.11315) reads patch tokens from the residual stream of a frozen CLIP
 ViT at 1/2, 3/4 and all of its depth (blocks 12, 18, 24 of ViT-L-14) and encodes learnable prompts
-with the frozen text tower. This module only builds and taps the CLIP model; the trainable parts live
+with the frozen text tower. This module only builds, taps and runs the CLIP model; the trainable parts live
 in ``prompts.py`` and ``mediclip.py``.
 
 Three ways to get weights, all through open_clip's public API (``weights.py`` decides which, probes the
@@ -16,14 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import open_clip
 import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 from ..errors import ConfigValueError
 from ..quiet_logs import quiet_open_clip
+from .backbone import Backbone, InputContract
 from .weights import (
     TINY_MODEL_NAME,
     ClipCheckpointError,
@@ -38,6 +43,7 @@ __all__ = [
     "ClipBackbone",
     "ClipCheckpointError",
     "ClipWeightsUnavailableError",
+    "build_tokenizer",
     "create_clip_model",
     "default_feature_layers",
     "download_command",
@@ -47,6 +53,10 @@ logger = logging.getLogger(__name__)
 
 _MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 RANDOM_BACKBONE_SEED = 0
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+# MediCLIP's reference resizes bilinearly (open_clip's own preprocessing of OpenAI weights is bicubic).
+INTERPOLATION = "bilinear"
 
 # Registering at import makes "mediclip-tiny" a model name like any other for open_clip.
 if TINY_MODEL_NAME not in open_clip.list_models():
@@ -106,8 +116,8 @@ def weights_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-class ClipBackbone(nn.Module):
-    """Frozen CLIP with taps on the residual stream of chosen ViT blocks.
+class ClipBackbone(Backbone):
+    """Frozen open_clip CLIP with taps on the residual stream of chosen ViT blocks, and its text tower.
 
     Args:
         clip_model, clip_pretrained, clip_checkpoint: see :func:`create_clip_model`.
@@ -134,7 +144,25 @@ class ClipBackbone(nn.Module):
         self.vision_width = visual.transformer.width
         self.embed_dim = visual.output_dim
         self.image_size = tuple(visual.image_size)
+        self.text_width = self.text.token_embedding.weight.shape[1]
+        self.tokenizer = build_tokenizer(clip_model)
         self._fingerprint: tuple | None = None
+
+    @property
+    def input_contract(self) -> InputContract:
+        """Mean and std of open_clip's ``preprocess_cfg``, the ViT's input size, bilinear resizing."""
+        cfg = getattr(self.clip.visual, "preprocess_cfg", {}) or {}
+        return InputContract(
+            mean=tuple(float(v) for v in cfg.get("mean", OPENAI_MEAN)),
+            std=tuple(float(v) for v in cfg.get("std", OPENAI_STD)),
+            image_size=tuple(int(v) for v in self.image_size),
+            interpolation=INTERPOLATION,
+        )
+
+    @property
+    def text(self) -> nn.Module:
+        """The text tower: the module holding token_embedding, transformer, ln_final (CLIP itself or its ``text``)."""
+        return _text_tower(self.clip)
 
     @property
     def fingerprint(self) -> str:
@@ -164,3 +192,98 @@ class ClipBackbone(nn.Module):
                 output_fmt="NCHW",
             )
         return out["image_intermediates"]
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts))
+
+    def token_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.text.token_embedding(tokens)
+
+    def encode_text(self, embeddings: torch.Tensor, tokens: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        text = self.text
+        x = embeddings + text.positional_embedding.to(embeddings.dtype)
+        # Pool at the end-of-text token: it has the largest id in CLIP's vocabulary.
+        eot = tokens.argmax(dim=-1)
+        x = text.ln_final(_encode_end_of_text(text.transformer, x, eot, text.attn_mask, causal))
+        projection = text.text_projection
+        return projection(x) if isinstance(projection, nn.Module) else x @ projection
+
+    def text_parameters(self) -> list[nn.Parameter]:
+        text = self.text
+        modules = (text.token_embedding, text.transformer, text.ln_final)
+        params = [p for m in modules for p in m.parameters()] + [text.positional_embedding]
+        projection = text.text_projection
+        return params + (list(projection.parameters()) if isinstance(projection, nn.Module) else [projection])
+
+
+def _text_tower(clip: nn.Module) -> nn.Module:
+    """The module holding token_embedding, transformer, ln_final...: CLIP itself or its ``text`` tower."""
+    return clip.text if hasattr(clip, "text") and hasattr(clip.text, "token_embedding") else clip
+
+
+def _encode_end_of_text(
+    transformer: nn.Module, x: torch.Tensor, eot: torch.Tensor, causal_mask: torch.Tensor | None, causal: bool
+) -> torch.Tensor:
+    """P x width output of ``transformer`` at the end-of-text rows ``eot`` of the P x L x width input ``x``.
+
+    Equal to running the whole transformer and taking those rows, with exact savings. The last block's
+    attention queries and MLP only matter at the end-of-text row (its keys and values still come from every
+    position). With the causal mask, no position attends to a later one, so the sequence is cut after the
+    last end-of-text token. The attention runs on the batch-first layout as one matrix product per
+    projection (`_self_attention`), without the transposes of ``nn.MultiheadAttention``'s general path.
+    Other transformers (not batch-first, other block types) run whole.
+    """
+    mask = causal_mask if causal else None
+    if causal:
+        length = int(eot.max()) + 1
+        x = x[:, :length]
+        mask = None if mask is None else mask[:length, :length]
+    blocks = list(transformer.resblocks)
+    plain = getattr(transformer, "batch_first", False) and all(_is_plain(block) for block in blocks)
+    if getattr(transformer, "grad_checkpointing", False) or not plain:
+        out = transformer(x, attn_mask=mask)
+        return out[torch.arange(out.shape[0], device=out.device), eot]
+    for block in blocks[:-1]:
+        x = x + block.ls_1(_self_attention(block.attn, block.ln_1(x), mask))
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    last = blocks[-1]
+    rows = torch.arange(x.shape[0], device=x.device)
+    keys = last.ln_1(x)
+    row_mask = None if mask is None else mask[eot][:, None, None, :]  # P x 1 (heads) x 1 (query) x L
+    y = x[rows, eot].unsqueeze(1) + last.ls_1(_self_attention(last.attn, keys, row_mask, keys[rows, eot].unsqueeze(1)))
+    y = y + last.ls_2(last.mlp(last.ln_2(y)))
+    return y[:, 0]
+
+
+def _is_plain(block: nn.Module) -> bool:
+    """An open_clip self-attention block whose attention `_self_attention` can compute."""
+    attention = getattr(block, "attn", None)
+    return (
+        isinstance(block, ResidualAttentionBlock)
+        and not hasattr(block, "ln_1_kv")
+        and isinstance(attention, nn.MultiheadAttention)
+        and attention.in_proj_weight is not None
+        and attention.dropout == 0.0
+    )
+
+
+def _self_attention(
+    attention: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None, queries: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``attention(q, x, x)`` for batch-first P x L x width ``x``; q = ``queries`` (P x Q x width) or ``x``."""
+    batch, length, width = x.shape
+    heads = attention.num_heads
+    weight, bias = attention.in_proj_weight, attention.in_proj_bias
+    if queries is None:
+        q, k, v = F.linear(x, weight, bias).view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    else:
+        k, v = F.linear(x, weight[width:], bias[width:]).view(batch, length, 2, heads, -1).permute(2, 0, 3, 1, 4)
+        q = F.linear(queries, weight[:width], bias[:width]).view(batch, -1, heads, width // heads).transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
+    return attention.out_proj(out.transpose(1, 2).reshape(batch, -1, width))
+
+
+def build_tokenizer(clip_model: str):
+    """open_clip's tokenizer for the model (CLIP's BPE tokenizer ships inside open_clip: no download)."""
+    with quiet_open_clip():
+        return open_clip.get_tokenizer(clip_model)

@@ -5,16 +5,17 @@ convolution each (ViT width -> text width), are L2-normalised per patch and comp
 abnormal prompt embeddings. The per-layer logits are averaged, upsampled bilinearly (align_corners=True)
 to the input size and turned into probabilities by a softmax without temperature.
 
-Beyond the paper, two more anomaly branches come from the same backbone pass (issue 11): ``memory_bank``,
-the shots' patch tokens scored by nearest neighbour (`PatchMemoryBank`, built after training), and
-``fused``, both maps normalised on the normal validation slices, combined and mapped back to [0, 1]
-(`mediclip_monai.calibration`). ``anomaly_branch`` selects what ``forward`` returns; ``mediclip``
-computes exactly the paper's map, as before.
+Beyond the paper, two more anomaly branches come from the same backbone pass: ``memory_bank``, the shots'
+patch tokens scored by nearest neighbour (`PatchMemoryBank`, built after training), and ``fused``, both maps
+normalised on the normal validation slices, combined and mapped back to [0, 1]
+(`mediclip_monai.decisions.calibration`). ``anomaly_branch`` selects what ``forward`` returns; ``mediclip``
+computes exactly the paper's map, as before. What the maps mean (thresholds, image score, default branch)
+is the network's `Decisions`.
 
 The module knows nothing about files, configs or engines. Its state dict is exactly what model.pt holds:
 the adapters, the prompt contexts, the memory bank's buffer (empty until built) and, as plain extra
 state, the identity of the frozen backbone (model name, taps, a fingerprint of its weights) and the
-calibration (None until calibrated). The backbone itself is rebuilt, never saved: it is left out of
+decisions' calibration (None until calibrated). The backbone itself is rebuilt, never saved: it is left out of
 ``state_dict()`` and of strict ``load_state_dict()``, so MONAI's CheckpointSaver/CheckpointLoader and
 ``monai.bundle ckpt_export`` work on the network as it is.
 """
@@ -22,17 +23,18 @@ calibration (None until calibrated). The backbone itself is rebuilt, never saved
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..calibration import BRANCHES, CALIBRATE_COMMAND, fused_map
+from ..decisions import BRANCHES, CALIBRATE_COMMAND, Decisions
+from ..decisions.calibration import fused_map
 from ..errors import MediclipError
+from .backbone import Backbone, InputContract
 from .clip_backbone import ClipBackbone
 from .memory_bank import PatchMemoryBank
-from .prompts import PromptLearner, build_tokenizer
+from .prompts import PromptLearner
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +53,6 @@ class BranchUnavailableError(MediclipError, ValueError):
     """An anomaly branch was asked of a network that lacks what it needs (memory bank or calibration)."""
 
 
-@dataclass(frozen=True)
-class InputContract:
-    """What the network expects as input: RGB images of ``image_size`` normalised with ``mean``/``std``.
-
-    ``image_size`` is (height, width) in pixels; mean and std are per channel, for intensities in [0, 1].
-    """
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    image_size: tuple[int, int]
-
-
 class MediCLIP(nn.Module):
     """MediCLIP anomaly segmentation network.
 
@@ -72,17 +62,20 @@ class MediCLIP(nn.Module):
         clip_checkpoint: local CLIP weights file; when given nothing is downloaded.
         feature_layers: 1-indexed ViT blocks to tap; None taps 1/2, 3/4 and all of the depth.
         causal_text_mask: use CLIP's causal mask in the text transformer (the reference does not).
-        anomaly_branch: the map ``forward`` returns, one of `BRANCHES`; None: the calibrated default
-            (``calibration["default_branch"]``), ``mediclip`` while uncalibrated.
+        anomaly_branch: the map ``forward`` returns, one of `BRANCHES`; None: the decisions' default branch
+            (``fused`` once calibrated, ``mediclip`` while uncalibrated).
+        backbone: another implementation of `Backbone` (a timm or Hugging Face tower) to use instead of the
+            open_clip one that ``clip_model``, ``clip_pretrained``, ``clip_checkpoint`` and ``feature_layers``
+            describe; ``clip_model`` then names it in the checkpoint's identity.
 
     Input: B x 3 x S x S images normalised as ``input_contract`` says (S = the backbone's input size).
     Output: B x 2 x S x S; channel 1 the anomaly map of ``anomaly_branch``, channel 0 its complement
     (``mediclip``: the paper's softmax probabilities, normal then anomaly; ``fused``: in [0, 1];
     ``memory_bank``: 1 - cosine similarity, in [0, 2], about [0, 1] in practice).
 
-    ``memory_bank`` (a `PatchMemoryBank`) and ``calibration`` (a plain dict from
-    `mediclip_monai.calibration.calibrate`) are filled after training by
-    `mediclip_monai.model_calibration.calibrate_model`; both are saved in the state dict.
+    ``memory_bank`` (a `PatchMemoryBank`) and ``decisions`` (`Decisions`, fitted by
+    `mediclip_monai.decisions.calibration.calibrate`) are filled after training by
+    `mediclip_monai.workflows.calibrate.calibrate_model`; both are saved in the state dict.
     """
 
     def __init__(
@@ -93,16 +86,19 @@ class MediCLIP(nn.Module):
         feature_layers: list[int] | None = None,
         causal_text_mask: bool = False,
         anomaly_branch: str | None = None,
+        backbone: Backbone | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = ClipBackbone(clip_model, clip_pretrained, clip_checkpoint, feature_layers)
+        if backbone is None:
+            backbone = ClipBackbone(clip_model, clip_pretrained, clip_checkpoint, feature_layers)
+        self.backbone = backbone
         self.adapters = nn.ModuleList(
             nn.Conv2d(self.backbone.vision_width, self.backbone.embed_dim, kernel_size=1, bias=True)
             for _ in self.backbone.feature_layers
         )
-        self.prompts = PromptLearner(self.backbone.clip, build_tokenizer(clip_model), causal_text_mask)
+        self.prompts = PromptLearner(self.backbone, causal_text_mask)
         self.memory_bank = PatchMemoryBank()
-        self.calibration: dict | None = None
+        self.decisions = Decisions()
         self.anomaly_branch = anomaly_branch
         self._identity = {
             "clip_model": clip_model,
@@ -127,18 +123,9 @@ class MediCLIP(nn.Module):
         return {**self._identity, "backbone_fingerprint": self.backbone.fingerprint}
 
     @property
-    def image_size(self) -> tuple[int, int]:
-        return self.backbone.image_size
-
-    @property
     def input_contract(self) -> InputContract:
-        """Mean, std and input size of the backbone (open_clip's ``preprocess_cfg``)."""
-        cfg = getattr(self.backbone.clip.visual, "preprocess_cfg", {}) or {}
-        return InputContract(
-            mean=tuple(float(v) for v in cfg.get("mean", OPENAI_MEAN)),
-            std=tuple(float(v) for v in cfg.get("std", OPENAI_STD)),
-            image_size=tuple(int(v) for v in self.image_size),
-        )
+        """What the network takes as input: the backbone's contract (size, mean, std, interpolation)."""
+        return self.backbone.input_contract
 
     @property
     def anomaly_branch(self) -> str:
@@ -153,8 +140,8 @@ class MediCLIP(nn.Module):
 
     @property
     def default_branch(self) -> str:
-        """The branch recommended by the calibration stored with the model; ``mediclip`` while uncalibrated."""
-        return (self.calibration or {}).get("default_branch", "mediclip")
+        """The branch the model's decisions recommend: ``fused`` once calibrated, ``mediclip`` before."""
+        return self.decisions.default_branch
 
     @property
     def available_branches(self) -> tuple[str, ...]:
@@ -165,7 +152,7 @@ class MediCLIP(nn.Module):
         if branch == "mediclip":
             return None
         missing = [] if self.memory_bank.is_built else ["memory bank"]
-        if branch == "fused" and self.calibration is None:
+        if branch == "fused" and not self.decisions.calibrated:
             missing.append("calibration")
         return " and ".join(missing) or None
 
@@ -223,7 +210,7 @@ class MediCLIP(nn.Module):
         Returns:
             {branch: B x H x W map}: ``mediclip`` is channel 1 of :meth:`probabilities_from_tokens`,
             ``memory_bank`` the bank's upsampled nearest-neighbour score, ``fused`` the calibrated
-            combination of both (`mediclip_monai.calibration.fused_map`).
+            combination of both (`mediclip_monai.decisions.calibration.fused_map`).
         """
         branches = self.available_branches if branches is None else tuple(branches)
         for branch in branches:
@@ -234,12 +221,12 @@ class MediCLIP(nn.Module):
         if "memory_bank" in branches or "fused" in branches:
             maps["memory_bank"] = self.memory_bank.anomaly_map(tokens, output_size)
         if "fused" in branches:
-            maps["fused"] = fused_map(maps["mediclip"], maps["memory_bank"], self.calibration["fusion"])
+            maps["fused"] = fused_map(maps["mediclip"], maps["memory_bank"], self.decisions.fusion)
         return {branch: maps[branch].float() for branch in branches}
 
     def forward(self, images: torch.Tensor, tokens: list[torch.Tensor] | None = None) -> torch.Tensor:
         """B x 2 x S x S map of ``anomaly_branch`` (see the class). ``tokens``: the images' tapped patch tokens
-        when they are known already (`mediclip_monai.inferers.CachedTokenInferer`); the backbone then does
+        when they are known already (`mediclip_monai.workflows.inferers.CachedTokenInferer`); the backbone then does
         not run and ``images`` only gives the output size."""
         if tokens is None:
             tokens = self.patch_tokens(images)
@@ -252,7 +239,7 @@ class MediCLIP(nn.Module):
     # --- checkpoint contents ----------------------------------------------------------------------------
 
     def get_extra_state(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, **self.identity, "calibration": self.calibration}
+        return {"format": CHECKPOINT_FORMAT, **self.identity, "calibration": self.decisions.calibration}
 
     def set_extra_state(self, state: dict) -> None:
         saved = {k: v for k, v in state.items() if k not in ("format", "calibration")}
@@ -266,11 +253,7 @@ class MediCLIP(nn.Module):
             logger.warning("checkpoint records no backbone fingerprint (made by an older version); not verified")
         elif fingerprint != identity["backbone_fingerprint"]:
             raise CheckpointMismatchError(_weights_mismatch_message(saved, identity))
-        self.calibration = state.get("calibration")
-
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+        self.decisions = Decisions(state.get("calibration"))
 
 
 def _file_name(path: str | None) -> str | None:

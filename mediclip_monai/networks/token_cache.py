@@ -3,7 +3,7 @@
 The CLIP image tower is frozen, so the tapped tokens of an image never change during a run. Training
 meets the same images again and again: the fixed validation set every round, and every shot that the
 Identity task leaves as it is (a quarter of MediCLIP's mixture). `CachedTokenInferer`
-(``mediclip_monai.inferers``) keeps their tokens here and runs only the trainable heads and the text
+(``mediclip_monai.workflows.inferers``) keeps their tokens here and runs only the trainable heads and the text
 tower on them. The store is bounded: past ``max_bytes`` nothing more is kept and the rest is computed
 afresh, as without a cache.
 """

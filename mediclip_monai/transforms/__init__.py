@@ -40,13 +40,14 @@ from .preprocessing import (
     ClipInput,
     ClipInputd,
     ModelGridd,
+    ModelInput,
     ReadImaged,
     ScaleIntensityRobustd,
 )
-from .shapes import Hypershape, deformed_hypershape, perlin_blob, perlin_noise, perlin_noise_2d
+from .shapes import Hypershape, deformed_hypershape, perlin_blob, perlin_noise
 from .synthesis import (
     DEFAULT_SYNTHESIS_TASKS,
-    SYNTHESIS_TASK_NAMES,
+    SYNTHESIS_TASKS,
     AnomalyPlacement,
     IdentityAnomaly,
     RandAnomalySynthesis,
@@ -55,16 +56,19 @@ from .synthesis import (
     RandSinkDeformation,
     RandSmoothIntensityChange,
     RandSourceDeformation,
+    SynthesisTask,
     as_image_array,
     make_synthesis_task,
     normalise_task_probabilities,
     shape_centre,
+    synthesis_task,
+    unchanged_tasks,
 )
 
 __all__ = [
     "DEFAULT_SYNTHESIS_TASKS",
     "MODEL_GRID_AFFINE",
-    "SYNTHESIS_TASK_NAMES",
+    "SYNTHESIS_TASKS",
     "AnomalyPlacement",
     "AnomalyScored",
     "AnomalyTruthd",
@@ -77,6 +81,7 @@ __all__ = [
     "IdentityAnomalyDict",
     "IdentityAnomalyd",
     "ModelGridd",
+    "ModelInput",
     "RandAnomalySynthesis",
     "RandAnomalySynthesisD",
     "RandAnomalySynthesisDict",
@@ -104,12 +109,14 @@ __all__ = [
     "ReadImaged",
     "ScaleIntensityRobustd",
     "SplitBranchesd",
+    "SynthesisTask",
     "as_image_array",
     "deformed_hypershape",
     "make_synthesis_task",
     "normalise_task_probabilities",
     "perlin_blob",
     "perlin_noise",
-    "perlin_noise_2d",
     "shape_centre",
+    "synthesis_task",
+    "unchanged_tasks",
 ]

@@ -1,7 +1,7 @@
 """Map transforms of the inference and evaluation recipes after the network.
 
 - ``AnomalyScored``: one case's anomaly map -> mask at the threshold, image score, the slice holding it
-  and image-level decision, by the rules of ``mediclip_monai.scoring``.
+  and image-level decision, as the model's decisions say (``mediclip_monai.decisions``).
 - ``SplitBranchesd``: the maps of several anomaly branches (``SliceWiseInferer(branches=...)``, one
   channel each) into one key per branch, the network's own branch staying under the map key.
 - ``AnomalyTruthd``: evaluation's truth of a case: the image label (``abnormal``, else whether the
@@ -19,8 +19,8 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
 from ..data.loading import axial_axis
+from ..decisions import BranchDecisions
 from ..errors import DataError
-from ..scoring import anomaly_mask, case_score, decision
 from .preprocessing import to_source_grid
 
 __all__ = ["AnomalyScored", "AnomalyTruthd", "SplitBranchesd"]
@@ -32,11 +32,8 @@ class AnomalyScored(MapTransform):
     Args:
         keys: the anomaly map, ``(1, H, W)`` or ``(1, H, W, D)`` values in [0, 1] (a MetaTensor: its affine
             gives a volume's axial axis).
-        threshold: anomaly value at and above which a voxel is in the mask
-            (``scoring.decision_threshold`` turns the config's ``threshold`` into it).
-        image_threshold: image score at and above which a case is abnormal
-            (``scoring.image_decision_threshold``); None: ``threshold``.
-        score_rule: the image-score rule (``scoring.image_score_rule`` of the network); None: the map's maximum.
+        decisions: the run's decisions on this map's branch (``Decisions.for_branch``): the mask threshold,
+            the image threshold and the image-score rule.
         image_key: the case's image scaled to [0, 1] on the map's grid (a calibrated rule's foreground).
         source_image_key: for a map on the model grid (evaluation, ``ModelGridd``): the case's image on its
             own grid. The score (and its slice) is then taken on the map brought back onto that grid
@@ -54,10 +51,8 @@ class AnomalyScored(MapTransform):
 
     def __init__(
         self,
-        keys: KeysCollection = "pred",
-        threshold: float = 0.5,
-        image_threshold: float | None = None,
-        score_rule: Mapping | None = None,
+        keys: KeysCollection,
+        decisions: BranchDecisions,
         image_key: str = "image",
         source_image_key: str | None = None,
         mask_key: str = "mask",
@@ -67,9 +62,7 @@ class AnomalyScored(MapTransform):
         super().__init__(keys, allow_missing_keys)
         if len(self.keys) != 1:
             raise ValueError(f"AnomalyScored scores one anomaly map, got keys {self.keys}")
-        self.threshold = float(threshold)
-        self.image_threshold = self.threshold if image_threshold is None else float(image_threshold)
-        self.score_rule = None if score_rule is None else dict(score_rule)
+        self.decisions = decisions
         self.image_key, self.source_image_key = image_key, source_image_key
         self.mask_key, self.prefix = mask_key, prefix
 
@@ -84,16 +77,15 @@ class AnomalyScored(MapTransform):
             axis = None
             if scored.ndim == 4:
                 axis = axial_axis(scored.affine if isinstance(scored, MetaTensor) else torch.eye(4))
-            image = image if self.score_rule is not None else None
-            score, index = case_score(scored[0], None if image is None else image[0], self.score_rule, axis)
-            verdict = decision(score, self.image_threshold)
-            d[self.prefix + self.mask_key] = anomaly_mask(anomaly_map, self.threshold)
+            score, index = self.decisions.score(scored[0], None if image is None else image[0], axis)
+            verdict = self.decisions.verdict(score)
+            d[self.prefix + self.mask_key] = self.decisions.mask(anomaly_map)
             d.update(
                 {
                     self.prefix + "score": score,
                     self.prefix + "max_slice": index,
-                    self.prefix + "threshold": self.threshold,
-                    self.prefix + "image_threshold": self.image_threshold,
+                    self.prefix + "threshold": self.decisions.threshold,
+                    self.prefix + "image_threshold": self.decisions.image_threshold,
                     self.prefix + "abnormal_decision": int(verdict == "abnormal"),
                     self.prefix + "decision": verdict,
                 }

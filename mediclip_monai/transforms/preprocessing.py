@@ -9,6 +9,9 @@
 - ``ClipInput`` / ``ClipInputd``: 1-channel [0, 1] images to the network's 3-channel normalised input;
   the mean and std come from the network (``MediCLIP.input_contract``), used by training,
   inference, evaluation and the benchmarks alike.
+- ``ModelInput``: the whole model-input step of a stack of slices, from the network's input contract:
+  resized to its size by its interpolation (``data.loading.resize_views``, as training's slices and
+  ``ModelGridd``), then ``ClipInput``.
 """
 
 from __future__ import annotations
@@ -18,13 +21,12 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, ensure_tuple_rep
 
-from ..data.loading import read_image, scale_intensity, views_to_volume, volume_to_views
+from ..data.loading import read_image, resize_views, scale_intensity, views_to_volume, volume_to_views
 from ..errors import DataError
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "ClipInput",
     "ClipInputd",
     "ModelGridd",
+    "ModelInput",
     "ReadImaged",
     "ScaleIntensityRobustd",
     "to_source_grid",
@@ -150,13 +153,14 @@ class ModelGridd(MapTransform):
     ``(1, H, W, D)`` volumes become ``(1, S, S, D)``: slice ``k`` is axial slice ``k`` in the radiological
     view of ``data.loading.volume_to_slices`` (as in training), resized to ``spatial_size``; the affine
     becomes ``MODEL_GRID_AFFINE``, so ``SliceWiseInferer`` sees exactly these slices and needs no further
-    resizing. ``(1, H, W)`` images become ``(1, S, S)``. Resizing is that of the inferer (bilinear, corners
-    not aligned, no anti-aliasing) for images and nearest for masks, as in the reference evaluation.
+    resizing. ``(1, H, W)`` images become ``(1, S, S)``. Resizing is that of the inferer
+    (``data.loading.resize_views``: the contract's interpolation for images, nearest for masks, as in the
+    reference evaluation).
 
     Args:
         keys: keys to put on the grid (image, and label when present).
         spatial_size: the network's input size (rows, columns), e.g. ``network.input_contract.image_size``.
-        mode: interpolation per key, ``"bilinear"`` or ``"nearest"``.
+        mode: interpolation per key: the contract's (``network.input_contract.interpolation``) or ``"nearest"``.
         allow_missing_keys: skip absent keys.
     """
 
@@ -175,10 +179,7 @@ class ModelGridd(MapTransform):
         d = dict(data)
         for key, mode in self.key_iterator(d, self.mode):
             image = d[key]
-            views = volume_to_views(image).float()  # N x 1 x rows x cols
-            if tuple(views.shape[-2:]) != self.spatial_size:
-                align = {"align_corners": False} if mode == "bilinear" else {}
-                views = F.interpolate(views, size=self.spatial_size, mode=mode, **align)
+            views = resize_views(volume_to_views(image).float(), self.spatial_size, mode)  # N x 1 x S x S
             meta = dict(image.meta) if isinstance(image, MetaTensor) else {}
             meta.pop("affine", None)
             meta["spatial_shape"] = [*self.spatial_size, *views.shape[:1]] if image.ndim == 4 else [*self.spatial_size]
@@ -204,8 +205,7 @@ def to_source_grid(model_map: torch.Tensor, reference: torch.Tensor) -> MetaTens
     affine = reference.affine if reference.ndim == 4 else None
     rows_cols = tuple(volume_to_views(reference, affine).shape[-2:])
     views = volume_to_views(model_map, MODEL_GRID_AFFINE if model_map.ndim == 4 else None).float()
-    if tuple(views.shape[-2:]) != rows_cols:
-        views = F.interpolate(views, size=rows_cols, mode="bilinear", align_corners=False)
+    views = resize_views(views, rows_cols)
     values = views_to_volume(views.clamp(0, 1), affine)
     return MetaTensor(values, affine=reference.affine if isinstance(reference, MetaTensor) else None)
 
@@ -255,3 +255,24 @@ class ClipInputd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.clip_input(d[key])
         return d
+
+
+class ModelInput(Transform):
+    """A stack of grayscale slices in [0, 1] to the network's input, as its input contract says.
+
+    Args:
+        contract: the network's ``input_contract`` (`mediclip_monai.networks.InputContract`): size,
+            interpolation, mean and std.
+
+    ``__call__`` takes ``(N, 1, h, w)`` slices and returns ``(N, 3, S, S)`` float32: resized with
+    ``data.loading.resize_views`` (as training's slices and ``ModelGridd``), then normalised by ``ClipInput``.
+    """
+
+    backend: ClassVar[list[TransformBackends]] = [TransformBackends.TORCH]
+
+    def __init__(self, contract):
+        self.contract = contract
+        self.clip_input = ClipInput(contract.mean, contract.std)
+
+    def __call__(self, slices: torch.Tensor) -> torch.Tensor:
+        return self.clip_input(resize_views(slices, self.contract.image_size, self.contract.interpolation))

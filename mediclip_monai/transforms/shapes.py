@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Hypershape", "deformed_hypershape", "perlin_blob", "perlin_noise", "perlin_noise_2d"]
+__all__ = ["Hypershape", "deformed_hypershape", "perlin_blob", "perlin_noise"]
 
 # A tiny box (1-2 pixels a side, only on very small images) may never pass the coverage test:
 # after this many draws the whole box is used instead, so a call always terminates.
@@ -69,15 +69,6 @@ def perlin_noise(x: np.ndarray, y: np.ndarray, gradients: np.ndarray) -> np.ndar
 def _random_gradients(res: Sequence[int], rng: np.random.RandomState) -> np.ndarray:
     angles = 2.0 * np.pi * rng.rand(res[0] + 1, res[1] + 1)
     return np.stack([np.cos(angles), np.sin(angles)], axis=-1)
-
-
-def perlin_noise_2d(shape: Sequence[int], res: Sequence[int], rng: np.random.RandomState) -> np.ndarray:
-    """A ``shape`` array of Perlin noise with ``res`` lattice cells along each axis (float64)."""
-    gradients = _random_gradients(res, rng)
-    x = np.arange(shape[0], dtype=np.float64)[:, None] * (res[0] / shape[0])
-    y = np.arange(shape[1], dtype=np.float64)[None, :] * (res[1] / shape[1])
-    x, y = np.broadcast_arrays(x, y)
-    return perlin_noise(x, y, gradients)
 
 
 def perlin_blob(

@@ -46,7 +46,8 @@ from .shapes import _rotation, deformed_hypershape, perlin_blob
 
 __all__ = [
     "DEFAULT_SYNTHESIS_TASKS",
-    "SYNTHESIS_TASK_NAMES",
+    "SYNTHESIS_TASKS",
+    "SynthesisTask",
     "AnomalyPlacement",
     "IdentityAnomaly",
     "RandAnomalySynthesis",
@@ -56,17 +57,47 @@ __all__ = [
     "RandSmoothIntensityChange",
     "RandSourceDeformation",
     "as_image_array",
+    "make_synthesis_task",
+    "normalise_task_probabilities",
     "shape_centre",
+    "synthesis_task",
+    "unchanged_tasks",
 ]
 
-SYNTHESIS_TASK_NAMES = (
-    "CutPaste",
-    "GaussIntensityChange",
-    "SourceDeformation",
-    "SinkDeformation",
-    "SmoothIntensityChange",
-    "Identity",
-)
+
+
+@dataclass(frozen=True)
+class SynthesisTask:
+    """A synthesis task as the task mixture, validation and the token cache see it.
+
+    Attributes:
+        name: the task's name in ``synthesis_tasks`` (train.json).
+        transform: the array transform class, made with default parameters.
+        needs_support_images: it takes content from the k shots (``support_images``).
+        changes_image: it paints an anomaly; False for a task that leaves the image as it is (a normal sample:
+            validation draws no anomaly from it, and the token cache may reuse the image's backbone tokens).
+    """
+
+    name: str
+    transform: type
+    needs_support_images: bool = False
+    changes_image: bool = True
+
+
+# Every task, by name, in the order they are declared below; `synthesis_task` adds one.
+SYNTHESIS_TASKS: dict[str, SynthesisTask] = {}
+
+
+def synthesis_task(name: str, needs_support_images: bool = False, changes_image: bool = True):
+    """Class decorator registering a synthesis transform as the task ``name`` (see `SynthesisTask`)."""
+
+    def register(transform: type) -> type:
+        SYNTHESIS_TASKS[name] = SynthesisTask(name, transform, needs_support_images, changes_image)
+        return transform
+
+    return register
+
+
 # The mixture MediCLIP trains with on all three of its datasets.
 DEFAULT_SYNTHESIS_TASKS = {
     "CutPaste": 0.25,
@@ -275,6 +306,7 @@ class _AnomalyTask(RandomizableTransform):
         return _pack(img, out, label)
 
 
+@synthesis_task("CutPaste", needs_support_images=True)
 class RandCutPaste(_AnomalyTask):
     """Paste a blob of normal tissue taken elsewhere, from one of the support (k-shot) images.
 
@@ -381,6 +413,7 @@ class RandCutPaste(_AnomalyTask):
         return label
 
 
+@synthesis_task("GaussIntensityChange")
 class RandGaussIntensityChange(_AnomalyTask):
     """Add a smooth random texture inside a Perlin blob (a brighter or darker, mottled region).
 
@@ -473,6 +506,7 @@ class _RadialDeformation(_AnomalyTask):
         view[rows, cols] = np.clip(values, view.min(), view.max())
 
 
+@synthesis_task("SourceDeformation")
 class RandSourceDeformation(_RadialDeformation):
     """Push tissue outwards from a point (a "source", like a growing mass) inside a deformed shape.
 
@@ -498,6 +532,7 @@ class RandSourceDeformation(_RadialDeformation):
         return distance**factor / max_distance ** (factor - 1.0)
 
 
+@synthesis_task("SinkDeformation")
 class RandSinkDeformation(_RadialDeformation):
     """Pull tissue inwards towards a point (a "sink", like atrophy) inside a deformed shape.
 
@@ -519,6 +554,7 @@ class RandSinkDeformation(_RadialDeformation):
         return max_distance - (max_distance - distance) ** factor / max_distance ** (factor - 1.0)
 
 
+@synthesis_task("SmoothIntensityChange")
 class RandSmoothIntensityChange(_AnomalyTask):
     """Brighten or darken a Perlin blob by a constant, ramping in from the blob's edge.
 
@@ -568,6 +604,7 @@ class RandSmoothIntensityChange(_AnomalyTask):
         view[placement.shape] = changed[placement.shape]
 
 
+@synthesis_task("Identity", changes_image=False)
 class IdentityAnomaly(Transform):
     """No anomaly: the image unchanged and an empty mask (a normal sample in the task mixture).
 
@@ -604,10 +641,10 @@ def normalise_task_probabilities(tasks: Mapping[str, float] | Sequence[str] | No
         tasks = [tasks]
     if not isinstance(tasks, Mapping):
         tasks = {name: 1.0 for name in tasks}
-    unknown = [name for name in tasks if name not in SYNTHESIS_TASK_NAMES]
+    unknown = [name for name in tasks if name not in SYNTHESIS_TASKS]
     if unknown:
         raise ValueError(
-            f"unknown anomaly-synthesis task(s) {unknown}; valid names: {', '.join(SYNTHESIS_TASK_NAMES)}."
+            f"unknown anomaly-synthesis task(s) {unknown}; valid names: {', '.join(SYNTHESIS_TASKS)}."
         )
     weights = {}
     for name, weight in tasks.items():
@@ -627,22 +664,22 @@ def make_synthesis_task(
     support_images: Sequence[NdarrayOrTensor] | NdarrayOrTensor | None = None,
     foreground_threshold: float | None = None,
 ) -> _AnomalyTask | IdentityAnomaly:
-    """The array transform for one task name of :data:`SYNTHESIS_TASK_NAMES`, with default parameters."""
-    if name == "Identity":
-        return IdentityAnomaly()
-    if name == "CutPaste":
-        return RandCutPaste(support_images, foreground_threshold=foreground_threshold)
-    classes = {
-        "GaussIntensityChange": RandGaussIntensityChange,
-        "SourceDeformation": RandSourceDeformation,
-        "SinkDeformation": RandSinkDeformation,
-        "SmoothIntensityChange": RandSmoothIntensityChange,
-    }
-    if name not in classes:
+    """The array transform of one task of :data:`SYNTHESIS_TASKS`, with default parameters (the support images
+    to a task that needs them, the foreground threshold to a task that places an anomaly)."""
+    if name not in SYNTHESIS_TASKS:
         raise ValueError(
-            f"unknown anomaly-synthesis task {name!r}; valid names: {', '.join(SYNTHESIS_TASK_NAMES)}."
+            f"unknown anomaly-synthesis task {name!r}; valid names: {', '.join(SYNTHESIS_TASKS)}."
         )
-    return classes[name](foreground_threshold=foreground_threshold)
+    task = SYNTHESIS_TASKS[name]
+    arguments = {"support_images": support_images} if task.needs_support_images else {}
+    if task.changes_image:
+        arguments["foreground_threshold"] = foreground_threshold
+    return task.transform(**arguments)
+
+
+def unchanged_tasks() -> tuple[str, ...]:
+    """The tasks that leave the image as it is (``Identity``)."""
+    return tuple(name for name, task in SYNTHESIS_TASKS.items() if not task.changes_image)
 
 
 class RandAnomalySynthesis(RandomizableTransform):
@@ -653,7 +690,7 @@ class RandAnomalySynthesis(RandomizableTransform):
 
     Args:
         tasks: ``{task name: probability}`` (normalised to sum to 1), or a list of names for equal
-            probabilities; names from :data:`SYNTHESIS_TASK_NAMES`: "CutPaste", "GaussIntensityChange",
+            probabilities; names from :data:`SYNTHESIS_TASKS`: "CutPaste", "GaussIntensityChange",
             "SourceDeformation", "SinkDeformation", "SmoothIntensityChange", "Identity". ``None``:
             MediCLIP's mixture, :data:`DEFAULT_SYNTHESIS_TASKS`.
         support_images: the k-shot normal images CutPaste takes content from, each ``(1, H, W)`` in
@@ -683,9 +720,10 @@ class RandAnomalySynthesis(RandomizableTransform):
         self.chosen_task: str | None = None
 
     def set_support_images(self, images: Sequence[NdarrayOrTensor] | NdarrayOrTensor | None) -> None:
-        """Give CutPaste its k-shot support set (no effect when the mixture has no CutPaste)."""
-        if "CutPaste" in self.tasks:
-            self.tasks["CutPaste"].set_support_images(images)
+        """Give the tasks that need it (CutPaste) the k-shot support set."""
+        for name, task in self.tasks.items():
+            if SYNTHESIS_TASKS[name].needs_support_images:
+                task.set_support_images(images)
 
     def set_random_state(
         self, seed: int | None = None, state: np.random.RandomState | None = None

@@ -10,6 +10,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "bundle", "configs")
+COMMON = os.path.join(CONFIGS, "common.json")
 TRAIN = os.path.join(CONFIGS, "train.json")
 INFERENCE = os.path.join(CONFIGS, "inference.json")
 EVALUATE = os.path.join(CONFIGS, "evaluate.json")
@@ -62,11 +63,23 @@ def small_training(demo_dir, tmp_path, **overrides):
     return values
 
 
+def layers(*config_files):
+    """The files of a run: common.json under ``config_files`` (train.json, or inference.json and its overlays)."""
+    return [COMMON, *config_files]
+
+
+def layered(*config_files):
+    """``--config_file`` of a command line: the `layers` as the list MONAI's CLI takes."""
+    return "[" + ",".join(f"'{path}'" for path in layers(*config_files)) + "]"
+
+
 def run_workflow(config_file, run_id="training", **overrides):
-    """Run a bundle config in-process through MONAI's ConfigWorkflow: initialize, run, finalize."""
+    """Run a bundle config (on common.json, a path or a list of overlays) in-process through MONAI's
+    ConfigWorkflow: initialize, run, finalize."""
     from monai.bundle import ConfigWorkflow
 
-    workflow = ConfigWorkflow(config_file=config_file, meta_file=META, logging_file=LOGGING, run_id=run_id, **overrides)
+    files = layers(*(config_file if isinstance(config_file, list) else [config_file]))
+    workflow = ConfigWorkflow(config_file=files, meta_file=META, logging_file=LOGGING, run_id=run_id, **overrides)
     workflow.initialize()
     workflow.run()
     workflow.finalize()

@@ -5,11 +5,11 @@ import os
 
 import torch
 
-from .conftest import INFERENCE, TRAIN, as_cli_overrides, cli, small_training
+from .conftest import INFERENCE, TRAIN, as_cli_overrides, cli, layered, small_training
 
 
 def train_cli(values):
-    return cli(["-m", "monai.bundle", "run", "training", "--config_file", TRAIN, *as_cli_overrides(values)])
+    return cli(["-m", "monai.bundle", "run", "training", "--config_file", layered(TRAIN), *as_cli_overrides(values)])
 
 
 def test_a_word_that_is_not_a_boolean_is_one_line_naming_the_key(demo_dir, tmp_path):
@@ -35,7 +35,17 @@ def test_false_written_as_a_word_means_false(demo_dir, tmp_path):
 
 def test_overwrite_0_keeps_finished_cases_and_yes_redoes_them(trained, demo_dir, tmp_path):
     image = os.path.join(demo_dir, "test", "brain_test_000.nii.gz")
-    command = ["-m", "monai.bundle", "run", "--config_file", INFERENCE, "--input", image, "--ckpt_dir", trained]
+    command = [
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        layered(INFERENCE),
+        "--input",
+        image,
+        "--ckpt_dir",
+        trained,
+    ]
     command += ["--output_dir", str(tmp_path / "out"), "--device", "cpu", "--num_workers", "0"]
     assert cli(command).returncode == 0
     map_file = tmp_path / "out" / "brain_test_000" / "brain_test_000_anomaly_map.nii.gz"

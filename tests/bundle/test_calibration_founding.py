@@ -7,13 +7,13 @@ import shutil
 import pytest
 import torch
 
-from mediclip_monai.model_calibration import previous_model_path
+from mediclip_monai.workflows.calibrate import previous_model_path
 
-from .conftest import TRAIN, as_cli_overrides, cli, small_training
+from .conftest import TRAIN, as_cli_overrides, cli, layered, small_training
 
 
 def bundle_cli(run_id, values):
-    result = cli(["-m", "monai.bundle", "run", run_id, "--config_file", TRAIN, *as_cli_overrides(values)])
+    result = cli(["-m", "monai.bundle", "run", run_id, "--config_file", layered(TRAIN), *as_cli_overrides(values)])
     return result, result.stdout + result.stderr
 
 

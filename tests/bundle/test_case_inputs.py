@@ -11,7 +11,7 @@ import pytest
 
 from tests.dicom_series import write_series
 
-from .conftest import INFERENCE, cli
+from .conftest import INFERENCE, cli, layered
 
 
 def nifti(path):
@@ -23,7 +23,7 @@ def nifti(path):
 
 def infer(trained, input_path, output_dir):
     return cli(
-        ["-m", "monai.bundle", "run", "--config_file", INFERENCE, "--input", str(input_path),
+        ["-m", "monai.bundle", "run", "--config_file", layered(INFERENCE), "--input", str(input_path),
          "--output_dir", str(output_dir), "--ckpt_dir", trained, "--device", "cpu", "--num_workers", "0"],
         timeout=300,
     )  # fmt: skip

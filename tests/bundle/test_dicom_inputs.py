@@ -21,7 +21,7 @@ from tests.dicom_series import (
     write_tilted_series,
 )
 
-from .conftest import INFERENCE, TRAIN, cli, run_workflow, small_training
+from .conftest import INFERENCE, TRAIN, cli, layered, run_workflow, small_training
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_anonymised_series_gets_its_seg_and_a_gapped_series_is_refused(trained, 
     gapped[3].unlink()
 
     result = cli(
-        ["-m", "monai.bundle", "run", "--config_file", INFERENCE, "--input", str(inputs),
+        ["-m", "monai.bundle", "run", "--config_file", layered(INFERENCE), "--input", str(inputs),
          "--output_dir", str(tmp_path / "out"), "--ckpt_dir", trained, "--device", "cpu", "--threshold", "0.0"],
         timeout=300,
     )  # fmt: skip
@@ -71,7 +71,7 @@ def test_a_gantry_tilted_series_gets_every_output_on_its_instances_positions(tra
     files = write_tilted_series(tmp_path / "tilted", degrees=20.0, slices=8, rows=24, columns=20)
 
     result = cli(
-        ["-m", "monai.bundle", "run", "--config_file", INFERENCE, "--input", str(tmp_path / "tilted"),
+        ["-m", "monai.bundle", "run", "--config_file", layered(INFERENCE), "--input", str(tmp_path / "tilted"),
          "--output_dir", str(tmp_path / "out"), "--ckpt_dir", trained, "--device", "cpu", "--threshold", "0.0"],
         timeout=300,
     )  # fmt: skip

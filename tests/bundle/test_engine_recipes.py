@@ -18,7 +18,7 @@ from monai.inferers import Inferer
 from PIL import Image
 from sklearn.metrics import f1_score, roc_auc_score
 
-from mediclip_monai.engines import CaseFailuresError
+from mediclip_monai.workflows.engines import CaseFailuresError
 
 from ..stubs import IntensityMapNetwork
 from ..test_metrics import _naive_aupro
@@ -27,22 +27,17 @@ from .conftest import (
     INFERENCE,
     LOGGING,
     META,
-    MULTI_GPU_EVALUATE,
     MULTI_GPU_INFERENCE,
     REPO,
     TRAIN,
     cli,
     free_port,
+    layered,
+    layers,
     root_cause,
     small_training,
 )
 from .test_inference import brain_like_volume, write_dicom_series
-
-
-@pytest.fixture(autouse=True)
-def from_the_repository_root(monkeypatch):
-    """Every documented command runs from the repository root (evaluate.json reuses inference.json from there)."""
-    monkeypatch.chdir(REPO)
 
 
 def workflow(config_file, workflow_type, **overrides):
@@ -72,7 +67,7 @@ def stub_inference(tmp_path, input_path, output_dir, **overrides):
         "threshold": 0.5,  # the stub carries no calibrated threshold
         **overrides,
     }
-    run = workflow(INFERENCE, "infer", **values)
+    run = workflow(layers(INFERENCE), "infer", **values)
     run.initialize()
     try:
         run.run()
@@ -89,18 +84,20 @@ def scores(output_dir):
 
 
 def test_inference_train_and_evaluation_pass_monai_property_checks(trained, demo_dir, tmp_path):
-    infer = workflow(INFERENCE, "infer", ckpt_dir=trained, input=str(write_volume(tmp_path / "v.nii.gz")), device="cpu")
+    infer = workflow(
+        layers(INFERENCE), "infer", ckpt_dir=trained, input=str(write_volume(tmp_path / "v.nii.gz")), device="cpu"
+    )
     infer.initialize()
     assert infer.check_properties() == []
     assert isinstance(infer.inferer, Inferer) and isinstance(infer.evaluator, SupervisedEvaluator)
     probabilities = infer.network_def(torch.zeros(2, 3, 224, 224))
     assert tuple(probabilities.shape) == (2, 2, 224, 224)
 
-    train = workflow(TRAIN, "train", **small_training(demo_dir, tmp_path))
+    train = workflow(layers(TRAIN), "train", **small_training(demo_dir, tmp_path))
     train.initialize()
     assert train.check_properties() == []
 
-    evaluate = workflow([TRAIN, EVALUATE], "eval", **small_training(demo_dir, tmp_path, ckpt_dir=trained))
+    evaluate = workflow(layers(INFERENCE, EVALUATE), "eval", **small_training(demo_dir, tmp_path, ckpt_dir=trained))
     evaluate.initialize()
     assert evaluate.check_properties() == []
     assert isinstance(evaluate.inferer, Inferer) and isinstance(evaluate.evaluator, SupervisedEvaluator)
@@ -187,7 +184,7 @@ def test_two_runs_at_the_same_time_into_one_folder_end_with_one_index(trained, t
             "monai.bundle",
             "run",
             "--config_file",
-            INFERENCE,
+            layered(INFERENCE),
             "--input",
             str(tmp_path / run),
             "--output_dir",
@@ -224,7 +221,7 @@ def test_torchrun_shards_cases_over_two_processes_like_one_process(trained, tmp_
     for i in range(4):
         write_volume(tmp_path / "in" / f"v{i}.nii.gz", shape=(16, 18, 3 + i), seed=i)
     common = ["--input", str(tmp_path / "in"), "--ckpt_dir", trained]
-    result = torchrun(f"['{INFERENCE}','{MULTI_GPU_INFERENCE}']", *common, "--output_dir", str(tmp_path / "ddp"))
+    result = torchrun(layered(INFERENCE, MULTI_GPU_INFERENCE), *common, "--output_dir", str(tmp_path / "ddp"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # the reference: one process with torchrun's one thread per worker, so float sums run alike
     single = cli(
@@ -233,7 +230,7 @@ def test_torchrun_shards_cases_over_two_processes_like_one_process(trained, tmp_
             "monai.bundle",
             "run",
             "--config_file",
-            INFERENCE,
+            layered(INFERENCE),
             *common,
             "--output_dir",
             str(tmp_path / "one"),
@@ -250,7 +247,7 @@ def test_torchrun_shards_cases_over_two_processes_like_one_process(trained, tmp_
         one = nib.load(str(tmp_path / "one" / f"v{i}" / f"v{i}_anomaly_map.nii.gz")).get_fdata()
         np.testing.assert_array_equal(ddp, one)
     written = {i: os.stat(tmp_path / "ddp" / f"v{i}" / f"v{i}_case.json").st_mtime_ns for i in range(4)}
-    again = torchrun(f"['{INFERENCE}','{MULTI_GPU_INFERENCE}']", *common, "--output_dir", str(tmp_path / "ddp"))
+    again = torchrun(layered(INFERENCE, MULTI_GPU_INFERENCE), *common, "--output_dir", str(tmp_path / "ddp"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "4 of 4 case(s) already complete" in again.stdout + again.stderr
     assert {i: os.stat(tmp_path / "ddp" / f"v{i}" / f"v{i}_case.json").st_mtime_ns for i in range(4)} == written
@@ -273,7 +270,7 @@ def test_torchrun_evaluation_gives_the_metrics_of_one_process(trained, demo_dir,
     values = {"dataset_dir": demo_dir, "ckpt_dir": trained, "clip_model": "mediclip-tiny", "clip_pretrained": "none"}
     overrides = [item for key, value in values.items() for item in (f"--{key}", str(value))]
     result = torchrun(
-        f"['{TRAIN}','{EVALUATE}','{MULTI_GPU_EVALUATE}']", *overrides, "--output_dir", str(tmp_path / "ddp")
+        layered(INFERENCE, EVALUATE, MULTI_GPU_INFERENCE), *overrides, "--output_dir", str(tmp_path / "ddp")
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     single = cli(
@@ -282,7 +279,7 @@ def test_torchrun_evaluation_gives_the_metrics_of_one_process(trained, demo_dir,
             "monai.bundle",
             "run",
             "--config_file",
-            f"['{TRAIN}','{EVALUATE}']",
+            layered(INFERENCE, EVALUATE),
             *overrides,
             "--output_dir",
             str(tmp_path / "one"),
@@ -353,7 +350,7 @@ def write_known_test_set(folder, soft_mask=True):
 
 def stub_evaluation(tmp_path, datalist):
     run = workflow(
-        [TRAIN, EVALUATE],
+        layers(INFERENCE, EVALUATE),
         "eval",
         datalist=str(datalist),
         output_dir=str(tmp_path / "runs"),

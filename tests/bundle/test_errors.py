@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from .conftest import EVALUATE, INFERENCE, TRAIN, as_cli_overrides, cli, small_training
+from .conftest import EVALUATE, INFERENCE, TRAIN, as_cli_overrides, cli, layered, small_training
 
 
 def last_line(text):
@@ -19,7 +19,9 @@ def last_line(text):
 
 
 def train_cli(values, env=None):
-    return cli(["-m", "monai.bundle", "run", "training", "--config_file", TRAIN, *as_cli_overrides(values)], env=env)
+    return cli(
+        ["-m", "monai.bundle", "run", "training", "--config_file", layered(TRAIN), *as_cli_overrides(values)], env=env
+    )
 
 
 def assert_reason_last(result, *, traceback=False):
@@ -100,7 +102,7 @@ def test_the_traceback_of_a_user_error_is_one_env_var_away(demo_dir, tmp_path):
     assert last == f"error: {tmp_path / 'nope.json'}: datalist file not found"
 
 
-@pytest.mark.parametrize("config", [INFERENCE, f"['{TRAIN}','{EVALUATE}']"], ids=["inference", "evaluate"])
+@pytest.mark.parametrize("config", [layered(INFERENCE), layered(INFERENCE, EVALUATE)], ids=["inference", "evaluate"])
 def test_inference_and_evaluation_without_a_model_say_train_first(tmp_path, config):
     args = ["--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "out"), "--device", "cpu"]
     result = cli(["-m", "monai.bundle", "run", "--config_file", config, "--input", str(tmp_path), *args])
@@ -113,7 +115,16 @@ def test_inference_and_evaluation_without_a_model_say_train_first(tmp_path, conf
 
 def inference_cli(ckpt_dir, input_path, output_dir, *more, wrap=()):
     """inference.json from the command line; ``wrap``: a command that runs it (e.g. in a mount namespace)."""
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", INFERENCE, "--input", str(input_path)]
+    args = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        layered(INFERENCE),
+        "--input",
+        str(input_path),
+    ]
     args += ["--output_dir", str(output_dir), "--ckpt_dir", ckpt_dir, "--device", "cpu", "--num_workers", "0", *more]
     return cli([*wrap, *args] if wrap else args, timeout=300)
 
@@ -148,7 +159,7 @@ def test_evaluation_lists_each_bad_case_with_its_file_and_the_fix(trained, tmp_p
         ]
     }
     (tmp_path / "datalist.json").write_text(json.dumps(datalist))
-    args = ["--config_file", f"['{TRAIN}','{EVALUATE}']", "--datalist", str(tmp_path / "datalist.json")]
+    args = ["--config_file", layered(INFERENCE, EVALUATE), "--datalist", str(tmp_path / "datalist.json")]
     args += ["--ckpt_dir", trained, "--output_dir", str(tmp_path / "out"), "--device", "cpu", "--num_workers", "0"]
     result = cli(["-m", "monai.bundle", "run", *args], timeout=300)
     assert_reason_last(result)
@@ -223,7 +234,7 @@ def test_a_full_disk_at_the_evaluation_report_ends_with_one_line_not_monais_logg
     wrap = namespace_command(f"mount -t tmpfs -o size=16k tmpfs {out}")
     if wrap is None:
         pytest.skip("no mount namespace here to make a small disk in")
-    args = ["-m", "monai.bundle", "run", "--config_file", f"['{TRAIN}','{EVALUATE}']"]
+    args = ["-m", "monai.bundle", "run", "--config_file", layered(INFERENCE, EVALUATE)]
     args += ["--datalist", str(tmp_path / "datalist.json"), "--ckpt_dir", trained, "--output_dir", str(out)]
     result = cli([*wrap, sys.executable, *args, "--device", "cpu", "--num_workers", "0"], timeout=300)
     last = assert_reason_last(result)

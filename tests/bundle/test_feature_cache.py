@@ -6,11 +6,11 @@ import torch
 from monai.bundle import ConfigParser
 from monai.utils import set_determinism
 
-from mediclip_monai.model_calibration import bank_slice_indices
+from mediclip_monai.handlers import NextStepTextFeatures
 from mediclip_monai.networks import PromptLearner
-from mediclip_monai.training import NextStepTextFeatures
+from mediclip_monai.workflows.calibrate import bank_slice_indices
 
-from .conftest import TRAIN, run_workflow, small_training
+from .conftest import TRAIN, layers, run_workflow, small_training
 from .test_training import assert_same_weights, trained_state
 
 
@@ -18,10 +18,10 @@ def validation_rounds(demo_dir, tmp_path, **overrides):
     """The metrics of two validation rounds of train.json's evaluator, the heads changed in between as a
     training epoch would; and the run's token cache."""
     parser = ConfigParser()
-    parser.read_config(TRAIN)
+    parser.read_config(layers(TRAIN))
     parser.update(small_training(demo_dir, tmp_path, **overrides))
     set_determinism(0)
-    evaluator = parser.get_parsed_content("validate#evaluator")
+    evaluator = parser.get_parsed_content("validate::evaluator")
     network = parser.get_parsed_content("network_def")
     rounds = []
     for epoch in (1, 2):

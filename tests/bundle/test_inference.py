@@ -12,16 +12,16 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+import torch
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from sklearn.metrics import roc_auc_score
 
-from mediclip_monai.calibration import slice_scores
 from mediclip_monai.data.loading import scale_intensity
-from mediclip_monai.networks import load_mediclip
+from mediclip_monai.decisions.scoring import slice_scores
 
-from .conftest import EVALUATE, INFERENCE, REPO, TRAIN, cli, run_workflow
+from .conftest import EVALUATE, INFERENCE, REPO, cli, layered, run_workflow
 
 
 def infer(ckpt_dir, input_path, output_dir, **overrides):
@@ -76,7 +76,8 @@ def test_oblique_anisotropic_nifti_map_and_mask_keep_shape_and_affine(trained, t
     assert rows[0]["name"] == "oblique"
     # the calibrated model's own rule and thresholds (threshold null): per axial slice, the mean of the top
     # 1% of its foreground pixels; the volume's score is its best slice
-    calibration = load_mediclip(os.path.join(trained, "model.pt")).calibration
+    stored = torch.load(os.path.join(trained, "model.pt"), map_location="cpu", weights_only=True)
+    calibration = stored["_extra_state"]["calibration"]
     per_slice = slice_scores(np.moveaxis(anomaly_map, 1, 0), np.moveaxis(scale_intensity(volume), 1, 0))
     assert float(rows[0]["score"]) == pytest.approx(per_slice.max(), abs=1e-5)
     assert int(rows[0]["max_slice"]) == int(per_slice.argmax())
@@ -189,7 +190,7 @@ def test_bad_cases_reported_good_cases_written_and_exit_nonzero(trained, tmp_pat
             "monai.bundle",
             "run",
             "--config_file",
-            INFERENCE,
+            layered(INFERENCE),
             "--input",
             str(inputs),
             "--output_dir",
@@ -227,7 +228,7 @@ def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, d
             "monai.bundle",
             "run",
             "--config_file",
-            f"['{TRAIN}','{EVALUATE}']",
+            layered(INFERENCE, EVALUATE),
             "--dataset_dir",
             demo_dir,
             "--ckpt_dir",
@@ -263,12 +264,12 @@ def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, d
     for values in branches.values():
         assert set(values) == {
             "image_auroc", "image_max_f1", "pixel_auroc", "pixel_aupro", "pixel_dice", "image_accuracy",
-            "pixel_threshold", "image_threshold",
+            "threshold", "image_threshold",
         }  # fmt: skip
         assert all(0 <= values[key] <= 1 for key in ("image_auroc", "pixel_auroc", "pixel_dice", "image_accuracy"))
     for key in ("image_auroc", "image_max_f1", "pixel_auroc", "pixel_aupro"):
         assert branches["fused"][key] == pytest.approx(metrics[key]), key
-    assert metrics["threshold"] == pytest.approx(branches["fused"]["pixel_threshold"])
+    assert metrics["threshold"] == pytest.approx(branches["fused"]["threshold"])
     decisions = [int(c["decision"] == "abnormal") for c in cases]
     accuracy = np.mean([d == t for d, t in zip(decisions, labels)])
     assert branches["fused"]["image_accuracy"] == pytest.approx(accuracy)
@@ -291,7 +292,7 @@ def test_inference_and_evaluation_give_a_case_one_score_in_one_vocabulary(traine
     (tmp_path / "datalist.json").write_text(json.dumps({"test": test}))
     infer(trained, tmp_path / "datalist.json", tmp_path / "inferred", num_workers=0)
     run_workflow(
-        [TRAIN, EVALUATE],
+        [INFERENCE, EVALUATE],
         run_id="evaluating",
         bundle_root=os.path.join(REPO, "bundle"),
         ckpt_dir=trained,
@@ -325,7 +326,17 @@ def test_an_inference_run_prints_only_what_is_true_and_useful(trained, tmp_path)
     inputs.mkdir()
     for name in ("a", "b"):
         nib.save(nib.Nifti1Image(brain_like_volume((20, 16, 4)), np.eye(4)), str(inputs / f"{name}.nii.gz"))
-    args = ["-m", "monai.bundle", "run", "--config_file", INFERENCE, "--input", str(inputs), "--ckpt_dir", trained]
+    args = [
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        layered(INFERENCE),
+        "--input",
+        str(inputs),
+        "--ckpt_dir",
+        trained,
+    ]
     args += ["--output_dir", str(tmp_path / "out"), "--device", "cpu", "--num_workers", "2"]
     result = cli([*args, "--clip_model", "ViT-B-16"], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

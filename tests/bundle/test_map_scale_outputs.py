@@ -10,8 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from mediclip_monai.inference import load_trained_model
-from mediclip_monai.map_scale import MapScale
+from mediclip_monai.decisions.map_scale import MapScale
+from mediclip_monai.networks import load_mediclip
 from tests.dicom_series import pixel_positions, voxel_indices, write_series
 
 from .test_inference import infer
@@ -37,7 +37,7 @@ def read_case(output_dir, name="series"):
 def test_the_normalised_map_is_cut_at_half_by_the_calibrated_mask_in_every_file(trained, tmp_path):
     series = tmp_path / "inputs" / "series"
     files = write_series(series, positions=[(-40.0, -60.0, 20.0 + 2.5 * k) for k in range(6)], rows=24, columns=20)
-    calibration = load_trained_model(f"{trained}/model.pt", "cpu").calibration
+    calibration = load_mediclip(f"{trained}/model.pt").decisions.calibration
     branch = calibration["default_branch"]
     threshold = calibration["pixel_threshold"][branch]
     span = calibration["map_range"][branch]["max"] - calibration["map_range"][branch]["min"]

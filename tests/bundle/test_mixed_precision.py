@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import EVALUATE, INFERENCE, TRAIN, as_cli_overrides, cli, run_workflow, small_training
+from .conftest import EVALUATE, INFERENCE, TRAIN, as_cli_overrides, cli, layered, run_workflow, small_training
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_training_calibration_inference_and_evaluation_in_mixed_precision(demo_d
     # `run calibrate` in mixed precision rebuilds exactly what training stored
     stripped = {key: value for key, value in trained.items() if not key.startswith("memory_bank.")}
     torch.save({**stripped, "_extra_state": {**trained["_extra_state"], "calibration": None}}, path)
-    result = cli(["-m", "monai.bundle", "run", "calibrate", "--config_file", str(TRAIN), *as_cli_overrides(values)])
+    result = cli(["-m", "monai.bundle", "run", "calibrate", "--config_file", layered(TRAIN), *as_cli_overrides(values)])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rebuilt = torch.load(path, map_location="cpu", weights_only=True)
     assert torch.equal(rebuilt["memory_bank.patches"], trained["memory_bank.patches"])
@@ -49,7 +49,7 @@ def test_training_calibration_inference_and_evaluation_in_mixed_precision(demo_d
                 "monai.bundle",
                 "run",
                 "--config_file",
-                str(INFERENCE),
+                layered(INFERENCE),
                 *common,
                 "--device",
                 "cpu",
@@ -75,7 +75,7 @@ def test_training_calibration_inference_and_evaluation_in_mixed_precision(demo_d
             "monai.bundle",
             "run",
             "--config_file",
-            f"['{TRAIN}','{EVALUATE}']",
+            layered(INFERENCE, EVALUATE),
             *as_cli_overrides({**values, "amp": "true", "output_dir": str(tmp_path / "eval_run")}),
         ]
     )

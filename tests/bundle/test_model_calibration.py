@@ -1,4 +1,4 @@
-"""End of training (mediclip_monai.model_calibration): memory bank and calibration written into model.pt,
+"""End of training (mediclip_monai.workflows.calibrate): memory bank and calibration written into model.pt,
 rebuilt by the documented `calibrate` run, bounded for volume shots."""
 
 import json
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from mediclip_monai.model_calibration import bank_slice_indices
 from mediclip_monai.networks import CheckpointError, load_mediclip
+from mediclip_monai.workflows.calibrate import bank_slice_indices
 
-from .conftest import TRAIN, as_cli_overrides, cli, root_cause, run_workflow, small_training
+from .conftest import TRAIN, as_cli_overrides, cli, layered, root_cause, run_workflow, small_training
 
 TINY_PATCHES_PER_SLICE = 16 * 16  # mediclip-tiny: 224 px, 14 px patches
 
@@ -46,7 +46,7 @@ def test_training_stores_bank_and_calibration_and_the_calibrate_run_rebuilds_the
     stripped["_extra_state"] = {**trained["_extra_state"], "calibration": None}
     torch.save(stripped, path)
     assert not load_mediclip(str(path)).memory_bank.is_built
-    result = cli(["-m", "monai.bundle", "run", "calibrate", "--config_file", TRAIN, *as_cli_overrides(values)])
+    result = cli(["-m", "monai.bundle", "run", "calibrate", "--config_file", layered(TRAIN), *as_cli_overrides(values)])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "memory bank and calibration stored" in result.stdout + result.stderr
     rebuilt = torch.load(path, map_location="cpu", weights_only=True)

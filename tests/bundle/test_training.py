@@ -16,7 +16,7 @@ import torch
 
 from mediclip_monai.data.datalists import DataError
 from mediclip_monai.errors import ConfigValueError
-from mediclip_monai.training import latest_checkpoint
+from mediclip_monai.handlers.training import latest_checkpoint
 
 from .conftest import (
     META,
@@ -25,6 +25,8 @@ from .conftest import (
     TRAIN,
     as_cli_overrides,
     cli,
+    layered,
+    layers,
     root_cause,
     run_workflow,
     small_training,
@@ -46,7 +48,7 @@ def assert_same_weights(a, b):
 @pytest.mark.slow
 def test_documented_command_trains_and_writes_model_logs_and_metrics(demo_dir, tmp_path):
     values = small_training(demo_dir, tmp_path)
-    result = cli(["-m", "monai.bundle", "run", "training", "--config_file", TRAIN, *as_cli_overrides(values)])
+    result = cli(["-m", "monai.bundle", "run", "training", "--config_file", layered(TRAIN), *as_cli_overrides(values)])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     output = result.stdout + result.stderr
     model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
@@ -73,7 +75,7 @@ def test_verify_net_in_out_with_tiny_backbone():
             "--meta_file",
             META,
             "--config_file",
-            TRAIN,
+            layered(TRAIN),
             "--clip_model",
             "mediclip-tiny",
             "--clip_pretrained",
@@ -108,17 +110,25 @@ def test_resumed_run_reaches_the_same_weights(demo_dir, tmp_path):
 
 
 @pytest.mark.slow
+def readable(path):
+    try:
+        torch.load(path, weights_only=True)
+    except Exception:
+        return False
+    return True
+
+
 def test_run_killed_with_sigkill_and_resumed_keeps_the_best_model(demo_dir, tmp_path):
     """kill -9 after the best epoch, then --resume true: model.pt ends as the uninterrupted run's, from its best
     epoch."""
     epochs = 6
     straight = run_workflow(TRAIN, **small_training(demo_dir, tmp_path / "straight", epochs=epochs))
-    best_epoch = straight.parser.get_parsed_content("validate#evaluator").state.best_metric_epoch
+    best_epoch = straight.parser.get_parsed_content("validate::evaluator").state.best_metric_epoch
     assert best_epoch < epochs, "the best epoch must come before the last one for this test to mean something"
 
     values = small_training(demo_dir, tmp_path / "killed", epochs=epochs)
     models = tmp_path / "killed" / "models"
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN]
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", layered(TRAIN)]
     process = subprocess.Popen(
         command + as_cli_overrides(values),
         cwd=REPO,
@@ -127,8 +137,9 @@ def test_run_killed_with_sigkill_and_resumed_keeps_the_best_model(demo_dir, tmp_
         start_new_session=True,
     )
     deadline = time.monotonic() + 300
+    # MONAI writes checkpoints in place (not atomically): one counts once it reads back whole
     while process.poll() is None and not any(
-        int(path.rsplit("=", 1)[1].split(".")[0]) >= best_epoch
+        int(path.rsplit("=", 1)[1].split(".")[0]) >= best_epoch and readable(path)
         for path in glob.glob(str(models / "resume_checkpoint_epoch=*.pt"))
     ):
         assert time.monotonic() < deadline, f"no resume checkpoint of epoch {best_epoch} within 300 s"
@@ -227,7 +238,7 @@ def test_torchrun_two_cpu_processes_with_gloo_in_mixed_precision(demo_dir, tmp_p
             "run",
             "training",
             "--config_file",
-            f"['{TRAIN}','{MULTI_GPU}']",
+            layered(TRAIN, MULTI_GPU),
             *as_cli_overrides(values),
         ],
         timeout=600,
@@ -246,9 +257,11 @@ def test_fine_tuning_improves_validation_pixel_auroc_over_the_untrained_model(de
     from .conftest import LOGGING
 
     overrides = small_training(demo_dir, tmp_path, k_shot=8, batch_size=8, epochs=40, val_interval=40)
-    workflow = ConfigWorkflow(config_file=TRAIN, meta_file=META, logging_file=LOGGING, run_id="training", **overrides)
+    workflow = ConfigWorkflow(
+        config_file=layers(TRAIN), meta_file=META, logging_file=LOGGING, run_id="training", **overrides
+    )
     workflow.initialize()
-    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    evaluator = workflow.parser.get_parsed_content("validate::evaluator")
     evaluator.run()
     untrained = evaluator.state.metrics["val_pixel_auroc"]
     workflow.run()

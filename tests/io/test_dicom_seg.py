@@ -13,8 +13,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from mediclip_monai.data.datalists import DataError
+from mediclip_monai.data.dicom import scan_dicom_series
 from mediclip_monai.data.loading import read_image
-from mediclip_monai.io import read_dicom_series, write_anomaly_mask, write_dicom_seg
+from mediclip_monai.io import write_anomaly_mask, write_dicom_seg
 from tests.dicom_series import PATIENT_AND_STUDY, strip
 
 ROWS, COLS, N_SLICES = 12, 16, 4  # rows != columns, so a transposed mask cannot pass
@@ -91,10 +92,15 @@ def test_monai_pydicom_reader_axis_order(tmp_path, descending_numbers):
         np.testing.assert_array_equal(volume[:, :, k], ds.pixel_array.T)
 
 
-def test_read_dicom_series_sorts_along_the_normal_and_skips_non_dicom(tmp_path):
+def read_series(folder):
+    """The series' datasets with pixels, sorted along the slice normal, as the SEG writer reads them."""
+    return list(scan_dicom_series(folder, pixels=True).datasets)
+
+
+def test_the_series_scanner_sorts_along_the_normal_and_skips_non_dicom(tmp_path):
     made = make_series(tmp_path / "series", descending_numbers=True)
     (tmp_path / "series" / "notes.txt").write_text("not dicom")
-    series = read_dicom_series(tmp_path / "series")
+    series = read_series(tmp_path / "series")
     assert [ds.SOPInstanceUID for ds in series] == [ds.SOPInstanceUID for ds in made]  # made ascending
 
 
@@ -115,7 +121,7 @@ def test_seg_frames_land_on_their_source_instances(tmp_path, descending_numbers,
     make_series(folder, descending_numbers)
     volume = load_with_monai(folder)
     mask = np.asarray(volume) >= FLAG  # each slice's own pattern, in MONAI's array order
-    source = read_dicom_series(folder)
+    source = read_series(folder)
     random.Random(0).shuffle(source)  # the writer must not rely on the order it is given
 
     path = write_dicom_seg(tmp_path / "out" / "case_anomaly_seg.dcm", mask, source,
@@ -161,7 +167,7 @@ def test_seg_matches_geometrically_when_another_reader_reorders_axes(tmp_path):
     other = np.flip(mask.transpose(1, 0, 2), axis=2)
     index_change = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, N_SLICES - 1], [0, 0, 0, 1]], dtype=float)
     other_affine = np.asarray(volume.affine) @ index_change
-    source = read_dicom_series(folder)
+    source = read_series(folder)
 
     path = write_dicom_seg(tmp_path / "seg.dcm", other, source, affine=other_affine)
     frames = _seg_frames_by_source(hd.seg.segread(path))
@@ -172,7 +178,7 @@ def test_seg_matches_geometrically_when_another_reader_reorders_axes(tmp_path):
 def test_empty_slices_are_omitted_and_an_empty_mask_still_writes(tmp_path):
     folder = tmp_path / "series"
     make_series(folder)
-    source = read_dicom_series(folder)
+    source = read_series(folder)
     mask = np.zeros((COLS, ROWS, N_SLICES), dtype=np.uint8)
     mask[3, 5, 1] = 1
     seg = hd.seg.segread(write_dicom_seg(tmp_path / "one.dcm", mask, source))
@@ -196,7 +202,7 @@ def test_single_image_2d_mask(tmp_path):
     (tmp_path / "series" / "slice_02.dcm").rename(single / "image.dcm")
     image = load_with_monai(single / "image.dcm")
     assert image.shape == (COLS, ROWS)
-    source = read_dicom_series(single)
+    source = read_series(single)
     seg = hd.seg.segread(write_dicom_seg(tmp_path / "seg.dcm", np.asarray(image) >= FLAG, source,
                                          affine=image.affine))
     np.testing.assert_array_equal(_seg_frames_by_source(seg)[source[0].SOPInstanceUID],
@@ -206,7 +212,7 @@ def test_single_image_2d_mask(tmp_path):
 def test_seg_refuses_a_mask_that_is_not_on_the_series_grid(tmp_path):
     folder = tmp_path / "series"
     make_series(folder)
-    source = read_dicom_series(folder)
+    source = read_series(folder)
     with pytest.raises(ValueError, match="grid"):
         write_dicom_seg(tmp_path / "bad.dcm", np.zeros((ROWS, COLS, N_SLICES)), source)  # not transposed
     shifted = np.asarray(load_with_monai(folder).affine).copy()
@@ -239,7 +245,7 @@ def test_an_anonymised_series_still_gets_a_seg_on_its_instances(tmp_path, remove
     mask = np.asarray(volume) >= FLAG
 
     path = write_dicom_seg(tmp_path / "from_folder.dcm", mask, folder, affine=volume.affine)  # a folder works too
-    datasets = read_dicom_series(folder)
+    datasets = read_series(folder)
     path_2 = write_dicom_seg(tmp_path / "from_datasets.dcm", mask, datasets, affine=volume.affine)
 
     assert {f: f.read_bytes() for f in files} == on_disk  # the user's files are untouched
@@ -269,7 +275,7 @@ def test_a_source_without_the_uids_a_seg_references_is_a_clear_error(tmp_path):
 def test_a_series_with_a_missing_slice_gets_no_seg(tmp_path):
     folder = tmp_path / "series"
     make_series(folder)
-    source = read_dicom_series(folder)
+    source = read_series(folder)
     (folder / "slice_01.dcm").unlink()
     for given in (folder, [ds for ds in source if ds.InstanceNumber != 2]):
         with pytest.raises(DataError, match=r"slices 1-2 \(slice_00.dcm, slice_02.dcm\) are 5 mm apart"):

@@ -4,6 +4,7 @@ import csv
 import json
 import multiprocessing
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -13,6 +14,9 @@ from monai.data import MetaTensor
 
 from mediclip_monai.data.cases import Case
 from mediclip_monai.data.datalists import DataError
+from mediclip_monai.decisions import BranchDecisions
+from mediclip_monai.errors import ConfigValueError
+from mediclip_monai.io import writers
 from mediclip_monai.io.outputs import SaveCaseOutputsd, assign_output_names, is_complete, rebuild_index
 from mediclip_monai.transforms import AnomalyScored
 
@@ -21,7 +25,7 @@ def postprocessed(name, source, seed=0, shape=(6, 5, 4), threshold=0.5):
     """A case as the postprocessing hands it to the writer: map, mask, score, decision."""
     anomaly_map = torch.as_tensor(np.random.default_rng(seed).random((1, *shape)), dtype=torch.float32)
     data = {"pred": MetaTensor(anomaly_map, affine=torch.diag(torch.tensor([2.0, 1.0, 3.0, 1.0]))), "name": name}
-    return AnomalyScored(keys="pred", threshold=threshold)({**data, "source": source})
+    return AnomalyScored("pred", BranchDecisions("mediclip", threshold, threshold))({**data, "source": source})
 
 
 def files_of(folder):
@@ -48,6 +52,23 @@ def test_a_case_is_written_whole_with_its_manifest_last(tmp_path):
     assert not is_complete(out / "brain", "/data/elsewhere.nii.gz")
     os.remove(out / "brain" / "brain_anomaly.seg.nrrd")
     assert not is_complete(out / "brain", "/data/brain.nii.gz")
+
+
+def test_the_outputs_named_are_written_and_a_new_one_is_one_registered_function(tmp_path, request):
+    request.addfinalizer(lambda: writers.CASE_WRITERS.pop("voxel_count"))
+
+    @writers.case_writer("voxel_count", "_voxels.txt")
+    def voxel_count(path, case):
+        Path(path).write_text(str(int(case.mask.sum())))
+
+    out = tmp_path / "out"
+    result = SaveCaseOutputsd(str(out), outputs=["anomaly_mask", "voxel_count"])(postprocessed("b", "/data/b.nii.gz"))
+    assert files_of(out / "b") == ["b_anomaly_mask.nii.gz", "b_case.json", "b_voxels.txt"]
+    assert (out / "b" / "b_voxels.txt").read_text() == str(int(result["mask"].sum()))
+    manifest = json.loads((out / "b" / "b_case.json").read_text())
+    assert manifest["outputs"] == ["b_anomaly_mask.nii.gz", "b_voxels.txt"]
+    with pytest.raises(ConfigValueError, match=r"--outputs \['nifti_map'\]: not a case output; the outputs are"):
+        SaveCaseOutputsd(str(out), outputs=["anomaly_map", "nifti_map"])
 
 
 def test_a_case_failing_half_way_leaves_nothing(tmp_path):

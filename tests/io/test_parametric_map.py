@@ -11,12 +11,11 @@ import pytest
 from pydicom.uid import ParametricMapStorage
 
 from mediclip_monai.data.loading import read_image
-from mediclip_monai.io import read_dicom_series
+from mediclip_monai.decisions.map_scale import MapScale
 from mediclip_monai.io.parametric_map import write_parametric_map
-from mediclip_monai.map_scale import MapScale
 from tests.dicom_series import write_series, write_tilted_series
 
-from .test_dicom_seg import load_with_monai, make_series
+from .test_dicom_seg import load_with_monai, make_series, read_series
 
 pytestmark = pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader")
 
@@ -41,7 +40,7 @@ def test_values_references_and_geometry_read_back(tmp_path, descending_numbers, 
     make_series(folder, descending_numbers)  # oblique, anisotropic, rows != columns
     volume = load_with_monai(folder)
     anomaly_map = np.asarray(volume, dtype=np.float32) / SCALE
-    source = read_dicom_series(folder)
+    source = read_series(folder)
     random.Random(0).shuffle(source)  # the writer must not rely on the order it is given
 
     path = write_parametric_map(tmp_path / "out" / "case_anomaly_map.dcm", anomaly_map, source,

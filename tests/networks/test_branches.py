@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mediclip_monai import calibration as cal
+from mediclip_monai.decisions import CALIBRATE_COMMAND, Decisions
+from mediclip_monai.decisions import calibration as cal
 from mediclip_monai.networks import (
     BranchUnavailableError,
     CheckpointError,
@@ -38,7 +39,7 @@ def calibrate_on_random_cases(network, seed=0):
         masks[1::2, 60:120, 80:140] = 1.0
         images[1::2, :, 60:120, 80:140] += 2.0
         maps = network.anomaly_maps_from_tokens(network.patch_tokens(images), (224, 224))
-    network.calibration = cal.calibrate(maps["mediclip"], maps["memory_bank"], images[:, 0].sigmoid(), masks)
+    network.decisions = Decisions(cal.calibrate(maps["mediclip"], maps["memory_bank"], images[:, 0].sigmoid(), masks))
     return network
 
 
@@ -81,7 +82,7 @@ def test_mediclip_branch_is_bit_identical_to_the_paper_map(uncalibrated, calibra
 
 
 def test_calibrated_model_defaults_to_the_stored_branch_and_a_choice_overrides_it(calibrated, images):
-    assert calibrated.calibration["default_branch"] == "fused"
+    assert calibrated.decisions.default_branch == "fused"
     assert calibrated.anomaly_branch == "fused" and calibrated.default_branch == "fused"
     assert calibrated.available_branches == ("mediclip", "memory_bank", "fused")
     with torch.no_grad():
@@ -98,7 +99,7 @@ def test_calibrated_model_defaults_to_the_stored_branch_and_a_choice_overrides_i
     assert torch.equal(fused[:, 1], maps["fused"]) and torch.equal(fused[:, 0], 1.0 - maps["fused"])
     assert torch.equal(bank[:, 1], maps["memory_bank"]) and torch.equal(bank[:, 0], 1.0 - maps["memory_bank"])
     torch.testing.assert_close(maps["memory_bank"], calibrated.memory_bank.anomaly_map(tokens, (224, 224)))
-    expected = cal.fused_map(maps["mediclip"], maps["memory_bank"], calibrated.calibration["fusion"])
+    expected = cal.fused_map(maps["mediclip"], maps["memory_bank"], calibrated.decisions.fusion)
     torch.testing.assert_close(maps["fused"], expected, rtol=0, atol=0)
     assert 0.0 <= float(maps["fused"].min()) and float(maps["fused"].max()) <= 1.0
     # only the branches asked for are computed
@@ -114,7 +115,8 @@ def test_a_branch_without_its_parts_is_refused_naming_the_command(uncalibrated, 
                 uncalibrated(images)
         finally:
             uncalibrated.anomaly_branch = None
-        assert "monai.bundle run calibrate --config_file bundle/configs/train.json" in str(error.value)
+        assert CALIBRATE_COMMAND in str(error.value)
+        assert "--config_file \"['bundle/configs/common.json','bundle/configs/train.json']\"" in CALIBRATE_COMMAND
     with pytest.raises(ValueError, match="one of mediclip, memory_bank, fused"):
         uncalibrated.anomaly_branch = "patchcore"
 
@@ -135,7 +137,7 @@ def test_model_pt_with_bank_and_calibration_loads_with_weights_only(calibrated, 
     state = torch.load(path, weights_only=True)
     assert {key.split(".")[0] for key in state} == {"adapters", "prompts", "memory_bank", "_extra_state"}
     assert state["memory_bank.patches"].shape == (3, 500, 96)
-    assert state["_extra_state"]["calibration"] == calibrated.calibration
+    assert state["_extra_state"]["calibration"] == calibrated.decisions.calibration
     print(f"\ntiny model.pt with a {calibrated.memory_bank.size}-patch bank: {path.stat().st_size / 1e6:.2f} MB")
     loaded = load_mediclip(str(path))
     assert loaded.anomaly_branch == "fused" and loaded.memory_bank.size == 500

@@ -75,12 +75,10 @@ def test_weights_through_clip_checkpoint_give_identical_outputs(tmp_path, tiny_m
 
 def test_causal_mask_switch_changes_text_features():
     backbone = ClipBackbone("mediclip-tiny", "none")
-    from mediclip_monai.networks.prompts import build_tokenizer
-
     torch.manual_seed(0)
-    bidirectional = PromptLearner(backbone.clip, build_tokenizer("mediclip-tiny"), causal_text_mask=False)
+    bidirectional = PromptLearner(backbone, causal_text_mask=False)
     torch.manual_seed(0)
-    causal = PromptLearner(backbone.clip, build_tokenizer("mediclip-tiny"), causal_text_mask=True)
+    causal = PromptLearner(backbone, causal_text_mask=True)
     torch.testing.assert_close(bidirectional.context, causal.context)
     with torch.no_grad():
         a, b = bidirectional.text_features(), causal.text_features()

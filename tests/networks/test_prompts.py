@@ -7,9 +7,8 @@ import torch.nn.functional as F
 from mediclip_monai.networks import MediCLIP
 
 
-def whole_transformer_features(prompts):
-    """The prompts' text features through every row of every block (open_clip's own forward)."""
-    text = prompts._text
+def whole_transformer_features(prompts, text):
+    """The prompts' text features through every row of every block of the text tower (open_clip's own forward)."""
     embeddings = text.token_embedding(prompts.tokens)
     n = prompts.context.shape[1]
     x = torch.cat([embeddings[:, :1], prompts.context, embeddings[:, 1 + n :]], dim=1) + text.positional_embedding
@@ -22,13 +21,14 @@ def whole_transformer_features(prompts):
 @pytest.mark.parametrize("causal", [False, True])
 def test_end_of_text_savings_match_the_whole_text_transformer(causal):
     torch.manual_seed(0)
-    prompts = MediCLIP("mediclip-tiny", "none", causal_text_mask=causal).prompts
-    last_block = prompts._text.transformer.resblocks[-1]
+    network = MediCLIP("mediclip-tiny", "none", causal_text_mask=causal)
+    prompts, text = network.prompts, network.backbone.text
+    last_block = text.transformer.resblocks[-1]
     mlp_rows = []
     hook = last_block.mlp.register_forward_hook(lambda module, args, out: mlp_rows.append(args[0].shape[1]))
     weights = torch.randn(64, 2)
     results = []
-    for encode in (whole_transformer_features, type(prompts)._encode):
+    for encode in (lambda prompts: whole_transformer_features(prompts, text), type(prompts)._encode):
         prompts.context.grad = None
         features = encode(prompts)
         (features * weights).sum().backward()

@@ -11,6 +11,7 @@ from monai.transforms import NormalizeIntensity
 
 from mediclip_monai.data.datalists import DataError
 from mediclip_monai.data.loading import volume_to_slices, volume_to_views
+from mediclip_monai.decisions import BranchDecisions
 from mediclip_monai.transforms import (
     MODEL_GRID_AFFINE,
     AnomalyScored,
@@ -93,11 +94,11 @@ def test_anomaly_scored_gives_mask_score_slice_and_decision_on_the_axial_axis():
     volume = oblique()  # axial axis of this affine: array axis 1
     anomaly_map = MetaTensor(torch.full((1, 7, 9, 5), 0.1), affine=volume.affine)
     anomaly_map[0, 2, 6, 3] = 0.8
-    out = AnomalyScored("pred", threshold=0.5)({"pred": anomaly_map})
+    out = AnomalyScored("pred", BranchDecisions("mediclip", 0.5, 0.5))({"pred": anomaly_map})
     assert out["score"] == pytest.approx(0.8) and out["max_slice"] == 6 and out["decision"] == "abnormal"
     assert out["mask"].dtype == torch.uint8 and int(out["mask"].sum()) == 1
     torch.testing.assert_close(out["mask"].affine, volume.affine)
-    picture = AnomalyScored("pred", threshold=0.9)({"pred": torch.full((1, 4, 4), 0.3)})
+    picture = AnomalyScored("pred", BranchDecisions("mediclip", 0.9, 0.9))({"pred": torch.full((1, 4, 4), 0.3)})
     assert picture["max_slice"] is None and picture["decision"] == "normal"
 
 
@@ -123,9 +124,8 @@ def test_scoring_with_a_rule_and_an_image_threshold_and_branches_side_by_side():
     assert torch.equal(split["pred"], maps[2:3]) and torch.equal(split["pred_mediclip"], maps[0:1])
     rule = {"top_fraction": 0.25, "foreground_level": 0.1}
     image = torch.ones(1, 4, 4)
-    scored = AnomalyScored("pred_mediclip", threshold=0.5, image_threshold=0.3, score_rule=rule, prefix="mediclip_")(
-        {**split, "image": image}
-    )
+    decisions = BranchDecisions("mediclip", threshold=0.5, image_threshold=0.3, score_rule=rule)
+    scored = AnomalyScored("pred_mediclip", decisions, prefix="mediclip_")({**split, "image": image})
     # top 4 of 16 pixels: one 0.9 and three 0: 0.225, under the image threshold though the mask is not empty
     assert scored["mediclip_score"] == pytest.approx(0.225) and int(scored["mediclip_mask"].sum()) == 1
     assert scored["mediclip_abnormal_decision"] == 0 and scored["mediclip_decision"] == "normal"

@@ -3,8 +3,15 @@
 import numpy as np
 import pytest
 
-from mediclip_monai.transforms import deformed_hypershape, perlin_blob, perlin_noise_2d
-from mediclip_monai.transforms.shapes import _inside
+from mediclip_monai.transforms import deformed_hypershape, perlin_blob, perlin_noise
+from mediclip_monai.transforms.shapes import _inside, _random_gradients
+
+
+def perlin_noise_2d(shape, res, rng):
+    """A ``shape`` grid of the noise with ``res`` lattice cells along each axis, as the blobs draw it."""
+    x = np.arange(shape[0], dtype=np.float64)[:, None] * (res[0] / shape[0])
+    y = np.arange(shape[1], dtype=np.float64)[None, :] * (res[1] / shape[1])
+    return perlin_noise(*np.broadcast_arrays(x, y), _random_gradients(res, rng))
 
 
 def test_perlin_noise_is_zero_on_the_lattice_smooth_and_bounded():

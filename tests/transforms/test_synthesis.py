@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from mediclip_monai.transforms import (
     DEFAULT_SYNTHESIS_TASKS,
-    SYNTHESIS_TASK_NAMES,
+    SYNTHESIS_TASKS,
     IdentityAnomaly,
     RandAnomalySynthesis,
     RandCutPaste,
@@ -23,7 +23,7 @@ from mediclip_monai.transforms import (
 
 from .conftest import body_image, textured_image, to_numpy
 
-ANOMALY_TASKS = [name for name in SYNTHESIS_TASK_NAMES if name != "Identity"]
+ANOMALY_TASKS = [name for name, task in SYNTHESIS_TASKS.items() if task.changes_image]
 PERLIN_TASKS = ["CutPaste", "GaussIntensityChange", "SmoothIntensityChange"]
 RADIAL_TASKS = ["SourceDeformation", "SinkDeformation"]
 
@@ -45,7 +45,7 @@ def union_of_placements(task, shape):
 # --- behaviour on every task, numpy and torch ------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", SYNTHESIS_TASK_NAMES)
+@pytest.mark.parametrize("name", list(SYNTHESIS_TASKS))
 def test_seeded_runs_are_bit_identical_and_seeds_differ(name, to_input):
     image = textured_image()
     first = [seeded(name, 3)(to_input(image)) for _ in range(2)]
@@ -95,7 +95,7 @@ def test_identity_leaves_image_and_mask_untouched(to_input):
     assert mask.shape == x.shape and mask.dtype == x.dtype and not to_numpy(mask).any()
 
 
-@pytest.mark.parametrize("name", SYNTHESIS_TASK_NAMES)
+@pytest.mark.parametrize("name", list(SYNTHESIS_TASKS))
 def test_metatensor_affine_and_meta_survive(name):
     affine = torch.diag(torch.tensor([0.7, 0.7, 1.0, 1.0], dtype=torch.float64))
     x = MetaTensor(
@@ -342,7 +342,7 @@ def test_mixture_forwards_support_images_to_cutpaste():
 
 
 def test_mixture_seeding_drives_every_task_from_one_generator():
-    mixture = RandAnomalySynthesis({name: 1.0 for name in SYNTHESIS_TASK_NAMES})
+    mixture = RandAnomalySynthesis({name: 1.0 for name in SYNTHESIS_TASKS})
     mixture.set_random_state(5)
     for task in mixture.tasks.values():
         if hasattr(task, "R"):
@@ -388,7 +388,7 @@ def test_foreground_threshold_with_no_foreground_falls_back_to_anywhere():
 # --- degenerate inputs and errors -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", SYNTHESIS_TASK_NAMES)
+@pytest.mark.parametrize("name", list(SYNTHESIS_TASKS))
 @pytest.mark.parametrize(
     "image",
     [
@@ -412,7 +412,7 @@ def test_degenerate_images_do_not_crash_or_make_nan(name, image):
         assert 0.0 <= out.min() and out.max() <= 1.0
 
 
-@pytest.mark.parametrize("name", SYNTHESIS_TASK_NAMES)
+@pytest.mark.parametrize("name", list(SYNTHESIS_TASKS))
 @pytest.mark.parametrize("shape", [(1, 16, 16, 16), (16, 16), (3, 16, 16), (1, 1, 16, 16)])
 def test_wrong_dimensions_are_a_clear_error(name, shape):
     with pytest.raises(ValueError, match=r"\(1, H, W\).*" + re.escape(str(shape))):
@@ -434,3 +434,26 @@ def test_wrong_support_image_is_a_clear_error():
 def test_proportions_are_checked():
     with pytest.raises(ValueError, match="min_prop"):
         RandSmoothIntensityChange(min_prop=0.5, max_prop=0.2)
+
+
+def test_a_registered_task_is_known_to_the_mixture_to_validation_and_to_the_token_cache(request):
+    """A new task is one class and its declaration: what it needs and whether it changes the image."""
+    from mediclip_monai.transforms import synthesis_task, unchanged_tasks
+    from mediclip_monai.workflows.inferers import CachedTokenInferer
+    from mediclip_monai.workflows.training import make_validation_set
+
+    @synthesis_task("Blank", changes_image=False)
+    class Blank(IdentityAnomaly):
+        pass
+
+    request.addfinalizer(lambda: SYNTHESIS_TASKS.pop("Blank"))
+    shots = [torch.as_tensor(body_image(32, seed)) for seed in range(12)]
+    mixture = RandAnomalySynthesis({"Blank": 1.0, "CutPaste": 1.0}, support_images=shots)
+    assert isinstance(mixture.tasks["Blank"], Blank)
+    assert "Blank" in unchanged_tasks() and "Blank" in CachedTokenInferer(cache=None).reusable_tasks
+    # validation draws its anomalies from the tasks that paint one
+    slices = [{"image": shot, "name": f"s{i}"} for i, shot in enumerate(shots)]
+    validation = make_validation_set(slices, shots, {"Blank": 0.5, "GaussIntensityChange": 0.5}, seed=0)
+    assert all(item["label"].any() for item in validation[1::2])
+    with pytest.raises(ValueError, match="unknown anomaly-synthesis task.*valid names: CutPaste, .*Identity, Blank"):
+        RandAnomalySynthesis({"Noise": 1.0})

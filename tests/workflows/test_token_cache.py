@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mediclip_monai.inferers import CachedTokenInferer
 from mediclip_monai.networks import MediCLIP, PatchTokenCache
+from mediclip_monai.workflows.inferers import CachedTokenInferer
 
 
 @pytest.fixture(scope="module")

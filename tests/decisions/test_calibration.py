@@ -1,36 +1,12 @@
-"""Calibration rules (mediclip_monai.calibration) on small cases worked out by hand."""
+"""Calibration (mediclip_monai.decisions.calibration) on small cases worked out by hand."""
 
 import numpy as np
 import pytest
 import torch
 
-from mediclip_monai import calibration as cal
-
-
-def test_foreground_is_brighter_than_the_level():
-    image = np.array([[0.0, 0.05], [0.2, 1.0]])
-    assert cal.foreground(image).tolist() == [[False, False], [True, True]]
-    assert cal.foreground(image, level=0.5).tolist() == [[False, False], [False, True]]
-
-
-def test_image_score_is_the_mean_of_the_top_foreground_pixels():
-    anomaly_map = np.arange(100, dtype=float).reshape(10, 10) / 100
-    image = np.ones((10, 10))
-    assert cal.image_score(anomaly_map, image) == pytest.approx(0.99)  # 1% of 100 pixels: the maximum
-    assert cal.image_score(anomaly_map, image, top_fraction=0.05) == pytest.approx(0.97)  # mean of .95 .. .99
-    image[9] = 0.0  # the bottom row (the highest scores) is background
-    assert cal.image_score(anomaly_map, image, top_fraction=0.05) == pytest.approx(0.87)  # 5 of 90: .85 .. .89
-    # no foreground at all: every pixel counts
-    assert cal.image_score(anomaly_map, np.zeros((10, 10))) == pytest.approx(0.99)
-    # torch input gives the same number
-    assert cal.image_score(torch.as_tensor(anomaly_map), torch.as_tensor(image), 0.05) == pytest.approx(0.87)
-
-
-def test_image_score_of_a_volume_is_its_best_slice():
-    maps = np.stack([np.full((4, 4), 0.2), np.full((4, 4), 0.7), np.full((4, 4), 0.4)])
-    assert cal.image_score(maps, np.ones_like(maps)) == pytest.approx(0.7)
-    with pytest.raises(ValueError, match="share one"):
-        cal.image_score(maps, np.ones((4, 4)))
+from mediclip_monai.decisions import BRANCHES
+from mediclip_monai.decisions import calibration as cal
+from mediclip_monai.decisions.scoring import image_score
 
 
 def test_normal_statistics_are_median_and_iqr_of_the_foreground():
@@ -102,16 +78,16 @@ def test_calibrate_gives_plain_values_that_separate_the_validation_anomalies(tmp
     bank = 0.1 + 0.02 * rng.random(masks.shape) + 0.1 * masks
     result = cal.calibrate(mediclip, bank, images, masks)
     assert _plain(result)
-    assert set(result["pixel_threshold"]) == set(result["image_threshold"]) == set(cal.BRANCHES)
+    assert set(result["pixel_threshold"]) == set(result["image_threshold"]) == set(BRANCHES)
     assert result["validation"] == {"n_images": 8, "n_abnormal": 4}
-    assert result["default_branch"] == "fused" and result["default_branch"] in cal.BRANCHES
+    assert result["default_branch"] == "fused" and result["default_branch"] in BRANCHES
     fused = cal.fused_map(mediclip, bank, result["fusion"])
     assert fused.min() >= 0 and fused.max() <= 1
     # separable pixels: each branch's threshold cuts exactly the anomalies out (max F1 = 1)
     for name, branch in (("mediclip", mediclip), ("memory_bank", bank), ("fused", fused)):
         assert np.array_equal(branch >= result["pixel_threshold"][name], masks > 0), name
     # image decisions: the anomalous slices score above the threshold, the normal ones below
-    scores = [cal.image_score(m, i) for m, i in zip(fused, images)]
+    scores = [image_score(m, i) for m, i in zip(fused, images)]
     assert [s >= result["image_threshold"]["fused"] for s in scores] == [False, True] * 4
     # the dict is what model.pt keeps: it loads with weights_only=True
     torch.save({"calibration": result}, tmp_path / "c.pt")

@@ -6,9 +6,9 @@ from monai.data import MetaTensor, list_data_collate
 from monai.inferers import Inferer
 
 from mediclip_monai.data.loading import volume_to_slices
-from mediclip_monai.inferers import SliceWiseInferer
+from mediclip_monai.workflows.inferers import SliceWiseInferer
 
-from .stubs import IntensityMapNetwork
+from ..stubs import IntensityMapNetwork
 
 
 def volume(shape, affine):

@@ -1,16 +1,18 @@
-"""End of training: the memory bank from the shots, the calibration from validation, both into model.pt.
+"""The calibrate step, at the end of training: the memory bank from the shots and the model's decisions fitted
+on validation (its calibration), both into model.pt.
 
 train.json runs `calibrate_model` after the last epoch (its ``training`` list) and on its own for an
 existing model.pt (its ``calibrate`` run id, with the training's overrides, so the same datalist and seed
 give the same shots and validation set):
 
-    python -m monai.bundle run calibrate --config_file bundle/configs/train.json [the training overrides]
+    python -m monai.bundle run calibrate \
+        --config_file "['bundle/configs/common.json','bundle/configs/train.json']" [the training overrides]
 
 Steps: load the best weights from model.pt; build the `PatchMemoryBank` from the k shots (a volume shot
 contributes at most ``memory_bank_slices`` evenly spaced slices, `evenly_spaced_slices`) with one backbone
 pass per batch; compute the ``mediclip`` and ``memory_bank`` maps of the validation set (held-out normal
 slices and their synthetic anomalies, the set validation scores every epoch); fit the calibration
-(`mediclip_monai.calibration.calibrate`); rewrite model.pt atomically with bank and calibration. The
+(`mediclip_monai.decisions.calibration.calibrate`); rewrite model.pt atomically with bank and calibration. The
 network in memory ends as the calibrated best model. Under torchrun, rank 0 alone runs it
 (multi_gpu_train.json) while the other ranks wait.
 """
@@ -25,14 +27,14 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from . import calibration
-from .errors import DataError
-from .io.atomic import atomic_write
-from .metrics import pixel_auroc
-from .networks import MediCLIP, PatchMemoryBank, PatchTokenCache
-from .networks.checkpoint import load_state, read_model_state
-from .networks.memory_bank import DEFAULT_MAX_PATCHES, DEFAULT_MAX_SLICES, evenly_spaced_slices
-from .precision import FLOAT32, Precision
+from ..decisions import BRANCHES, Decisions, calibration
+from ..errors import DataError
+from ..io.atomic import atomic_write
+from ..metrics import pixel_auroc
+from ..networks import MediCLIP, PatchMemoryBank, PatchTokenCache
+from ..networks.checkpoint import load_state, read_model_state
+from ..networks.memory_bank import DEFAULT_MAX_PATCHES, DEFAULT_MAX_SLICES, evenly_spaced_slices
+from ..precision import FLOAT32, Precision
 from .training import FewShotData
 
 __all__ = ["bank_slice_indices", "branch_maps", "build_memory_bank", "calibrate_model", "previous_model_path"]
@@ -107,7 +109,7 @@ def build_memory_bank(
     bank = PatchMemoryBank(max_patches=max_patches, seed=seed)
     bank.build_from_batches(_token_batches(network, shots, preprocessing, 1, precision, token_cache))
     network.memory_bank = bank.to(next(network.parameters()).device)
-    network.calibration = None
+    network.decisions = Decisions()
     return network.memory_bank
 
 
@@ -159,7 +161,7 @@ def calibrate_model(
 
     Args:
         network: the training network (its weights are replaced by those of ``model_path``).
-        data: the few-shot data of the run (`mediclip_monai.training.prepare_few_shot_data`).
+        data: the few-shot data of the run (`mediclip_monai.workflows.training.prepare_few_shot_data`).
         preprocessing: the validation preprocessing of train.json (3 channels, CLIP normalisation).
         model_path: model.pt, read and rewritten (atomically: a failure leaves the old file whole).
         memory_bank_size: the most patches the bank keeps (config ``memory_bank_size``).
@@ -173,7 +175,7 @@ def calibrate_model(
         strict: without held-out normals, raise (True) or leave model.pt as it is with a warning (False).
 
     Returns:
-        The calibration stored (see `mediclip_monai.calibration.calibrate`); None when it was skipped.
+        The calibration stored (see `mediclip_monai.decisions.calibration.calibrate`); None when it was skipped.
 
     Raises:
         CheckpointError: no model.pt, or one of another network (run training first, with the same overrides).
@@ -212,18 +214,18 @@ def calibrate_model(
         "max_slices_per_shot": int(memory_bank_slices),
         "seed": int(seed),
     }
-    network.calibration = result
+    network.decisions = Decisions(result)
     if previous is not None:
         _keep_previous(model_path, previous, result)
     with atomic_write(model_path) as tmp:
         torch.save(network.state_dict(), tmp)
     maps["fused"] = calibration.fused_map(maps["mediclip"], maps["memory_bank"], result["fusion"])
     summary = ", ".join(
-        f"{name} {pixel_auroc(masks, maps[name]):.3f} (threshold {result['pixel_threshold'][name]:.3g})"
-        for name in calibration.BRANCHES
+        f"{name} {pixel_auroc(masks, maps[name]):.3f} (threshold {network.decisions.for_branch(name).threshold:.3g})"
+        for name in BRANCHES
     )
     logger.info(f"calibrated on {len(images)} validation slices; pixel AUROC {summary}")
-    logger.info(f"{model_path}: memory bank and calibration stored; default branch '{result['default_branch']}'")
+    logger.info(f"{model_path}: memory bank and calibration stored; default branch '{network.default_branch}'")
     return result
 
 

@@ -3,7 +3,7 @@
 - ``CaseIndexHandler``: when a run (or one rank of it) completes, rebuild the output folder's
   ``scores.csv`` and ``cases.json`` from the case manifests on disk (``io.outputs.rebuild_index``).
 - ``EvaluationReport``: collect each case's score, truth and review slices, and when the run completes
-  write metrics.json, cases.csv, roc.png and montage.png (``evaluation.write_report``), on rank 0 with
+  write metrics.json, cases.csv, roc.png and montage.png (``reporting.report.write_report``), on rank 0 with
   the cases of every rank.
 """
 
@@ -14,11 +14,12 @@ import logging
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-from .engines import FAILURE_KEY, is_distributed
-from .errors import writing_into
-from .evaluation import MONTAGE_CASES, case_panels, case_record, write_report
-from .io.atomic import require_writable
-from .io.outputs import SCORES_FILE, BackgroundWrites, rebuild_index
+from ..decisions import BranchDecisions, Decisions
+from ..errors import writing_into
+from ..io.atomic import require_writable
+from ..io.outputs import SCORES_FILE, BackgroundWrites, rebuild_index
+from ..reporting.report import MONTAGE_CASES, case_panels, case_record, write_report
+from ..workflows.engines import FAILURE_KEY, is_distributed
 
 __all__ = ["CaseIndexHandler", "EvaluationReport"]
 
@@ -65,8 +66,8 @@ class EvaluationReport:
 
     Args:
         output_dir: where metrics.json, cases.csv, roc.png and montage.png go.
-        threshold: the mask threshold (drawn in the montage).
-        image_threshold, anomaly_branch, calibration: recorded in metrics.json (see ``evaluation.write_report``).
+        decisions: the run's decisions on the map evaluated (its branch and thresholds, recorded).
+        model_decisions: the model's decisions (each branch's fitted thresholds, recorded beside its metrics).
 
     The report is written only when every case was evaluated: metrics over part of a test set would
     mislead, so with failed cases nothing is written and the evaluator's error lists them. A folder that
@@ -76,19 +77,12 @@ class EvaluationReport:
     def __init__(
         self,
         output_dir: str,
-        threshold: float | None = None,
-        image_threshold: float | None = None,
-        anomaly_branch: str | None = None,
-        calibration: dict | None = None,
+        decisions: BranchDecisions,
+        model_decisions: Decisions | None = None,
     ) -> None:
         require_writable(output_dir, "--output_dir")
         self.output_dir = output_dir
-        self.threshold = threshold
-        self.model_details = {
-            "image_threshold": image_threshold,
-            "anomaly_branch": anomaly_branch,
-            "calibration": calibration,
-        }
+        self.decisions, self.model_decisions = decisions, model_decisions
         self.reset()
 
     def attach(self, engine: Engine) -> None:
@@ -126,7 +120,7 @@ class EvaluationReport:
             return
         with writing_into(self.output_dir, "while writing the evaluation report"):
             write_report(
-                self.output_dir, records, engine.state.metrics, _extremes(shown), self.threshold, **self.model_details
+                self.output_dir, records, engine.state.metrics, _extremes(shown), self.decisions, self.model_decisions
             )
 
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigValueError
+from ..errors import ConfigValueError
+from .decisions import Decisions
 
 __all__ = ["DEFAULT_SENSITIVITY", "SCALES", "MapScale", "map_span"]
 
@@ -38,7 +39,7 @@ _SPELLINGS = {"probability": "probability", "normalised": "normalised", "normali
 def map_span(network) -> float:
     """The range of the network's branch over its validation pixels (calibration's ``map_range``); 1 without it."""
     module = getattr(network, "module", network)
-    stored = (getattr(module, "calibration", None) or {}).get("map_range")
+    stored = (Decisions.of(module).calibration or {}).get("map_range")
     branch = getattr(module, "anomaly_branch", None)
     if not stored or branch not in stored:
         return 1.0
@@ -67,7 +68,7 @@ class MapScale:
 
         Args:
             name: ``probability`` or ``normalised`` (``normalized`` is read as the same).
-            threshold: the mask threshold in the branch's values (``scoring.decision_threshold``).
+            threshold: the mask threshold in the branch's values (``BranchDecisions.threshold``).
             sensitivity: a number from 0 to 1.
             network: the trained network (its calibration's ``map_range`` gives the span).
 

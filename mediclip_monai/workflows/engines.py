@@ -23,7 +23,7 @@ from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 from torch.utils.data import Sampler
 
-from .errors import MediclipError, OutputError, reason_of
+from ..errors import MediclipError, OutputError, describe_failure, reason_of
 
 __all__ = [
     "FAILURE_KEY",
@@ -31,8 +31,8 @@ __all__ = [
     "CaseEvaluator",
     "CaseFailuresError",
     "CaseShardSampler",
-    "describe_failure",
     "is_distributed",
+    "wait_for_every_rank",
 ]
 
 logger = logging.getLogger(__name__)
@@ -46,22 +46,15 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def wait_for_every_rank() -> None:
+    """Wait until every rank of a distributed run gets here (train.json: while rank 0 calibrates); nothing to
+    wait for in one process."""
+    if is_distributed():
+        dist.barrier()
+
+
 class CaseFailuresError(MediclipError, RuntimeError):
     """Some cases could not be processed; the message lists each with its file and reason."""
-
-
-def describe_failure(source: str, error: BaseException) -> str:
-    """``"<source>: <reason>"`` for a failed case.
-
-    MONAI wraps a transform's error in RuntimeErrors ("applying transform ..."): the reason is the user
-    error in the chain (``errors.reason_of``; a DataError names its file), else the innermost exception
-    with its type.
-    """
-    reason, is_user_error = reason_of(error)
-    text = str(reason).strip()
-    if not is_user_error:
-        text = f"{type(reason).__name__}: {text}"
-    return text if source and text.startswith(str(source)) else f"{source}: {text}"
 
 
 class NoPrediction(dict):

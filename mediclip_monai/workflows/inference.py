@@ -1,10 +1,10 @@
-"""Glue between the inference bundle config (bundle/configs/inference.json) and the package.
+"""The inference workflow's steps that are more than one expression of bundle/configs/inference.json.
 
 The recipe itself is in the config: ``ReadImaged`` -> ``ScaleIntensityRobustd`` -> ``SliceWiseInferer`` ->
 ``AnomalyScored`` -> ``SaveCaseOutputsd``, run by ``engines.CaseEvaluator`` with ``handlers.CaseIndexHandler``.
-What is more than one expression lives here: loading the trained network from model.pt, and the plan of a
-run, i.e. which cases to process under which names (cases already complete in the output folder are
-skipped unless ``overwrite``; in a distributed run every rank gets rank 0's plan).
+Here: the plan of a run, i.e. which cases to process under which names (cases already complete in the output
+folder are skipped unless ``overwrite``; in a distributed run every rank gets rank 0's plan), the identity of
+the model a case was made with, and the warning for backbone keys that inference does not use.
 """
 
 from __future__ import annotations
@@ -15,31 +15,16 @@ from collections.abc import Mapping
 
 import torch.distributed as dist
 
-from .data.cases import find_cases
+from ..data.cases import find_cases
+from ..io.atomic import require_writable
+from ..io.outputs import assign_output_names, file_digest, is_complete
+from ..networks import MediCLIP
+from ..networks.checkpoint import require_model_file
 from .engines import is_distributed
-from .io.atomic import require_writable
-from .io.outputs import assign_output_names, file_digest, is_complete
-from .networks import MediCLIP, load_mediclip
-from .networks.checkpoint import require_model_file
 
-__all__ = ["load_trained_model", "model_digest", "plan_cases", "warn_unused_backbone_keys"]
+__all__ = ["model_digest", "plan_cases", "warn_unused_backbone_keys"]
 
 logger = logging.getLogger(__name__)
-
-
-def load_trained_model(
-    ckpt_path: str, device: str = "cpu", clip_checkpoint: str | None = None, anomaly_branch: str | None = None
-) -> MediCLIP:
-    """Rebuild the network recorded in ``ckpt_path`` with its trained weights (see ``networks.load_mediclip``);
-    ``anomaly_branch`` None keeps the model's calibrated default. Logs what was loaded."""
-    network = load_mediclip(ckpt_path, clip_checkpoint=clip_checkpoint, device=device, anomaly_branch=anomaly_branch)
-    identity = network.identity
-    weights = identity["clip_checkpoint"] or f"clip_pretrained {identity['clip_pretrained']}"
-    calibrated = "calibrated" if network.calibration else "not calibrated"
-    logger.info(
-        f"model {ckpt_path}: backbone {identity['clip_model']} ({weights}), {network.anomaly_branch} map, {calibrated}"
-    )
-    return network
 
 
 def warn_unused_backbone_keys(

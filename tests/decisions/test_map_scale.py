@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from mediclip_monai import calibration
+from mediclip_monai.decisions import BRANCHES, Decisions, calibration
+from mediclip_monai.decisions.map_scale import MapScale, map_span
+from mediclip_monai.decisions.scoring import anomaly_mask
 from mediclip_monai.errors import ConfigValueError
-from mediclip_monai.map_scale import MapScale, map_span
-from mediclip_monai.scoring import anomaly_mask
 
 
 def values_around(threshold: float, n: int = 2000) -> np.ndarray:
@@ -71,7 +71,7 @@ def test_config_values_are_checked_with_their_key():
 class _Network(torch.nn.Module):
     def __init__(self, calibration_values, branch):
         super().__init__()
-        self.calibration, self.anomaly_branch = calibration_values, branch
+        self.decisions, self.anomaly_branch = Decisions(calibration_values), branch
 
 
 def test_the_span_is_the_range_of_the_branchs_validation_maps():
@@ -84,7 +84,7 @@ def test_the_span_is_the_range_of_the_branchs_validation_maps():
     stored = calibration.calibrate(mediclip, bank, images, masks)
 
     assert stored["map_range"]["mediclip"] == {"min": float(mediclip.min()), "max": float(mediclip.max())}
-    for branch in calibration.BRANCHES:
+    for branch in BRANCHES:
         expected = stored["map_range"][branch]["max"] - stored["map_range"][branch]["min"]
         assert map_span(_Network(stored, branch)) == pytest.approx(expected)
         scale = MapScale.for_network("normalised", stored["pixel_threshold"][branch], 0.5, _Network(stored, branch))

@@ -10,9 +10,10 @@ import torch
 from monai.data import MetaTensor
 
 from mediclip_monai.data.loading import read_image
+from mediclip_monai.decisions import BranchDecisions
+from mediclip_monai.decisions.map_scale import MapScale
 from mediclip_monai.io.outputs import SaveCaseOutputsd
-from mediclip_monai.io.report import INTENDED_USE, write_case_report
-from mediclip_monai.map_scale import MapScale
+from mediclip_monai.reporting.case_report import INTENDED_USE, write_case_report
 from mediclip_monai.transforms import AnomalyScored
 from tests.dicom_series import write_series
 
@@ -26,7 +27,7 @@ def dicom_case(tmp_path):
     image = read_image(tmp_path / "series")
     anomaly_map = MetaTensor(torch.as_tensor(np.asarray(image) / 200.0, dtype=torch.float32), affine=image.affine)
     scale = MapScale("normalised", threshold=0.4, span=0.8)
-    data = AnomalyScored(keys="pred", threshold=scale.mask_threshold)(
+    data = AnomalyScored("pred", BranchDecisions("fused", scale.mask_threshold, scale.mask_threshold))(
         {"pred": anomaly_map, "image": image, "name": "series", "source": str(tmp_path / "series")}
     )
     SaveCaseOutputsd(str(tmp_path / "out"), identity={"model": "0123abcd", "anomaly_branch": "fused"},

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from ..data.loading import read_image, scale_intensity, volume_to_views
-from .atomic import atomic_write
-from .outputs import read_manifest
+from ..io.atomic import atomic_write
+from ..io.outputs import read_manifest
 
 __all__ = ["INTENDED_USE", "case_report", "report_figure", "write_case_report"]
 

@@ -8,7 +8,7 @@ import pytest
 from matplotlib.text import Text
 from PIL import Image
 
-from mediclip_monai.figures import montage_figure, overlay_montage, plot_roc, roc_figure
+from mediclip_monai.reporting.figures import montage_figure, overlay_montage, plot_roc, roc_figure
 
 
 @pytest.fixture

@@ -1,12 +1,13 @@
-"""Calibration from normals: fusing the anomaly branches, the pixel threshold, the image score and decision.
+"""Calibration from normals: fitting the model's decisions (fusion of the anomaly branches, the thresholds,
+the image-score rule) on the validation set, and applying the fusion.
 
 Pure functions: arrays in (numpy or torch), plain numbers and dicts out. `calibrate` runs at the end of
-training on the validation set (held-out normal slices, each also with a synthetic anomaly) and returns a
-plain dict of floats and strings that model.pt keeps; inference, evaluation and MONAI Label apply it
-with `fused_map`, `image_score` and the stored thresholds. Never computed from test data.
+training (``workflows.calibrate``) on the validation set (held-out normal slices, each also with a synthetic
+anomaly) and returns a plain dict of floats and strings that model.pt keeps and `Decisions` reads; the
+network applies `fused_map`. Never computed from test data.
 
-The rules, each chosen by the experiment of issue 11 (tiny random backbone, k = 16, 50 epochs, 6 seeds,
-on the demo set and on the held-out brain set of `mediclip_monai.data.heldout_brain`):
+The rules, each chosen by an experiment (tiny random backbone, k = 16, 50 epochs, 6 seeds, on the demo set
+and on the held-out brain set of `mediclip_monai.data.heldout_brain`):
 
 - Branch normalisation: per branch, the median and the interquartile range of its map over the
   foreground pixels of the NORMAL validation slices (robust statistics: the maps' upper tails are
@@ -18,18 +19,16 @@ on the demo set and on the held-out brain set of `mediclip_monai.data.heldout_br
 - Back to [0, 1]: a logistic fitted on the validation pixels (Platt scaling), ``p = sigmoid(a z + b)``:
   the probability that a pixel is anomalous under the validation set's mix, monotone in ``z`` (AUROC
   unchanged). The ``mediclip`` branch is never touched: it stays the paper's softmax map.
-- Pixel threshold: the one of maximum F1 over all validation pixels, per branch, on the map that branch
-  writes. (A high quantile of the normal pixels did about as well; max F1 gave the higher Dice on the
-  held-out brain set.)
-- Image score: the mean of the top 1% (`IMAGE_TOP_FRACTION`) of the map's foreground pixels, where
-  foreground is where the image, scaled to [0, 1], exceeds `FOREGROUND_LEVEL` (0.1, the level that
-  `data.loading` uses); a slice without foreground uses all its pixels. A volume (a stack of slices)
-  scores the maximum of its slices' scores. The map's plain maximum is one pixel and noisy.
-- Image decision threshold: halfway between the median image score of the normal validation slices
+- Mask threshold (stored as ``pixel_threshold``): the one of maximum F1 over all validation pixels, per
+  branch, on the map that branch writes. (A high quantile of the normal pixels did about as well; max F1
+  gave the higher Dice on the held-out brain set.)
+- Image score: the mean of the top 1% of the map's foreground pixels (``scoring.image_score``). The map's
+  plain maximum is one pixel and noisy.
+- Image threshold: halfway between the median image score of the normal validation slices
   and that of the synthetic-anomaly ones (with 8-32 validation images a midpoint of medians is steadier
   than the threshold of best balanced accuracy).
 - Map range: the minimum and maximum of each branch's map over the validation pixels (anomalib's min-max
-  statistics), the span by which ``mediclip_monai.map_scale`` normalises a map around its threshold.
+  statistics), the span by which ``mediclip_monai.decisions.map_scale`` normalises a map around its threshold.
 - Default branch: ``fused``, fixed rather than chosen on validation, for the same reason as the weights
   (validation favours the ``mediclip`` branch; on both test sets of the experiment ``fused`` beat
   ``mediclip`` on pixel and image AUROC). A calibrated network writes it unless told another branch.
@@ -42,94 +41,27 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from monai.utils import convert_to_numpy
+
+from .decisions import DEFAULT_BRANCH
+from .scoring import FOREGROUND_LEVEL, IMAGE_TOP_FRACTION, foreground, image_score
 
 __all__ = [
-    "BRANCHES",
-    "CALIBRATE_COMMAND",
-    "DEFAULT_BRANCH",
-    "FOREGROUND_LEVEL",
-    "IMAGE_TOP_FRACTION",
+    "DEFAULT_MEMORY_BANK_WEIGHT",
     "calibrate",
-    "foreground",
     "fused_map",
     "fused_score",
     "fusion_parameters",
-    "image_score",
     "image_threshold",
     "normal_statistics",
     "pixel_threshold",
     "platt_scaling",
-    "slice_scores",
 ]
 
-BRANCHES = ("mediclip", "memory_bank", "fused")
-# How to add what a branch needs to an existing model.pt, for the errors that say it is missing.
-CALIBRATE_COMMAND = (
-    "python -m monai.bundle run calibrate --config_file bundle/configs/train.json [the training overrides]"
-)
-# The branch a calibrated model writes unless told otherwise (see "Default branch" above).
-DEFAULT_BRANCH = "fused"
-FOREGROUND_LEVEL = 0.1
-IMAGE_TOP_FRACTION = 0.01
 DEFAULT_MEMORY_BANK_WEIGHT = 0.5
 # Pixels used to fit the logistic and the F1 curve: validation sets stay well below this; a larger one
 # is subsampled evenly (deterministic).
 _MAX_FIT_PIXELS = 4_000_000
-
-
-def _numpy(array) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        return array.detach().cpu().float().numpy()
-    return np.asarray(array, dtype=np.float64) if not isinstance(array, np.ndarray) else array
-
-
-def foreground(image, level: float = FOREGROUND_LEVEL) -> np.ndarray:
-    """Boolean foreground of an image scaled to [0, 1]: pixels brighter than ``level`` (air and background are dark)."""
-    return _numpy(image) > level
-
-
-def slice_scores(maps, images, top_fraction: float = IMAGE_TOP_FRACTION, level: float = FOREGROUND_LEVEL) -> np.ndarray:
-    """Per-slice image scores: for each slice, the mean of the top ``top_fraction`` of its foreground pixels.
-
-    Args:
-        maps: N x H x W maps of N slices (first axis the slices).
-        images: the slices, scaled to [0, 1], same shape as ``maps``.
-        top_fraction: share of the foreground pixels averaged (at least one pixel).
-        level: foreground level of `foreground`; a slice without foreground uses all its pixels.
-
-    Returns:
-        N float64 scores.
-    """
-    maps, images = _numpy(maps), _numpy(images)
-    if maps.shape != images.shape or maps.ndim != 3:
-        raise ValueError(f"map and image must share one N x H x W shape, got {maps.shape} and {images.shape}")
-    scores = np.empty(len(maps))
-    for i, (slice_map, slice_image) in enumerate(zip(maps, images)):
-        values = slice_map[foreground(slice_image, level)]
-        if values.size == 0:
-            values = slice_map.ravel()
-        count = max(1, math.ceil(top_fraction * values.size))
-        scores[i] = np.partition(values, values.size - count)[-count:].astype(np.float64).mean()
-    return scores
-
-
-def image_score(anomaly_map, image, top_fraction: float = IMAGE_TOP_FRACTION, level: float = FOREGROUND_LEVEL) -> float:
-    """The image-level anomaly score: mean of the top ``top_fraction`` of the map's foreground pixels.
-
-    Args:
-        anomaly_map: H x W map of one slice, or N x H x W maps of a volume's slices (first axis the slices).
-        image: the slice(s) the map belongs to, scaled to [0, 1], same shape as ``anomaly_map``.
-        top_fraction: share of the foreground pixels averaged (at least one pixel).
-        level: foreground level of `foreground`.
-
-    Returns:
-        The score; for a stack of slices the maximum of the slices' scores (`slice_scores`).
-    """
-    maps, images = _numpy(anomaly_map), _numpy(image)
-    if maps.shape != images.shape or maps.ndim not in (2, 3):
-        raise ValueError(f"map and image must share one 2D or N x H x W shape, got {maps.shape} and {images.shape}")
-    stack = (maps[None], images[None]) if maps.ndim == 2 else (maps, images)
-    return float(slice_scores(*stack, top_fraction, level).max())
 
 
 def normal_statistics(maps, images, level: float = FOREGROUND_LEVEL) -> dict:
@@ -142,7 +74,7 @@ def normal_statistics(maps, images, level: float = FOREGROUND_LEVEL) -> dict:
     Returns:
         ``{"center": median, "scale": IQR}`` (scale floored at 1e-6 so a flat map cannot divide by zero).
     """
-    maps, images = _numpy(maps), _numpy(images)
+    maps, images = convert_to_numpy(maps, wrap_sequence=True), convert_to_numpy(images, wrap_sequence=True)
     values = maps[foreground(images, level)]
     if values.size == 0:
         values = maps.ravel()
@@ -240,8 +172,8 @@ def calibrate(
         ``max`` of the branch's validation maps, the span of ``map_scale``'s normalisation) per branch, the
         ``image_score`` rule, the ``default_branch``, and counts of the validation set.
     """
-    mediclip, memory_bank, images = _numpy(mediclip), _numpy(memory_bank), _numpy(images)
-    masks = _numpy(masks) > 0.5
+    mediclip, memory_bank, images = (convert_to_numpy(x, wrap_sequence=True) for x in (mediclip, memory_bank, images))
+    masks = convert_to_numpy(masks, wrap_sequence=True) > 0.5
     abnormal = masks.reshape(len(masks), -1).any(axis=1)
     if abnormal.all() or not abnormal.any():
         raise ValueError("calibration needs normal and anomalous validation slices")
@@ -273,8 +205,8 @@ def calibrate(
 
 def _fit_pixels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     """Flattened scores (float64) and boolean labels, evenly subsampled past `_MAX_FIT_PIXELS`."""
-    scores = _numpy(scores).reshape(-1).astype(np.float64)
-    labels = (_numpy(labels) > 0.5).reshape(-1)
+    scores = convert_to_numpy(scores, wrap_sequence=True).reshape(-1).astype(np.float64)
+    labels = (convert_to_numpy(labels, wrap_sequence=True) > 0.5).reshape(-1)
     if scores.shape != labels.shape:
         raise ValueError(f"scores and labels differ in size: {scores.size} vs {labels.size}")
     step = max(1, math.ceil(scores.size / _MAX_FIT_PIXELS))

@@ -1,4 +1,4 @@
-"""The training glue: settings check, where data comes from, the fixed validation set, resume files."""
+"""The training data: settings check, where data comes from, the fixed validation set."""
 
 import json
 import os
@@ -12,12 +12,7 @@ from mediclip_monai.data.datalists import load_datalist, sample_k_shot
 from mediclip_monai.data.resolve import resolve_datalist
 from mediclip_monai.errors import ConfigValueError, DataError
 from mediclip_monai.settings import check_settings
-from mediclip_monai.training import (
-    StaleResumeCheckpointRemover,
-    latest_checkpoint,
-    make_validation_set,
-    prepare_few_shot_data,
-)
+from mediclip_monai.workflows.training import make_validation_set, prepare_few_shot_data
 
 
 @pytest.mark.parametrize("tasks", [None, {"CutPaste": 0.5, "Identity": 0.5}, {"Identity": 1.0}])
@@ -73,7 +68,6 @@ GOOD_SETTINGS = dict(epochs=2, batch_size=4, k_shot=0, lr=1e-3, val_interval=1, 
         ({"lr": float("nan")}, "--lr nan: must be a number > 0"),
         ({"num_workers": -2}, "--num_workers -2: must be a whole number >= 0"),
         ({"val_interval": 3}, "--val_interval 3 is more than --epochs 2: no validation round would run"),
-        ({"threshold": 1.5}, "--threshold 1.5: must be an anomaly probability between 0 and 1"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_by_key(override, expected):
@@ -104,40 +98,3 @@ def test_a_missing_file_among_the_images_not_drawn_is_reported_before_training(t
         prepare_few_shot_data(str(datalist), k_shot=2, seed=0, image_size=32)
     (tmp_path / "lost_in_copy.nii.gz").write_bytes((tmp_path / "n0.nii.gz").read_bytes())
     assert len(prepare_few_shot_data(str(datalist), k_shot=2, seed=0, image_size=32).train) == 2
-
-
-def _resume_file(folder, epoch, content=None):
-    path = folder / f"resume_checkpoint_epoch={epoch}.pt"
-    if content is None:
-        torch.save({"epoch": torch.tensor(epoch)}, path)
-    else:
-        path.write_bytes(content)
-    return path
-
-
-def test_resume_uses_the_newest_readable_checkpoint(tmp_path):
-    for epoch in (2, 10, 9):
-        _resume_file(tmp_path, epoch)
-    assert latest_checkpoint(str(tmp_path)).endswith("epoch=10.pt")
-    whole = (tmp_path / "resume_checkpoint_epoch=10.pt").read_bytes()
-    _resume_file(tmp_path, 11, whole[: len(whole) // 2])  # killed while writing epoch 11
-    assert latest_checkpoint(str(tmp_path)).endswith("epoch=10.pt")
-    with pytest.raises(ConfigValueError, match=f"--resume true: {tmp_path / 'empty'} holds no readable resume"):
-        latest_checkpoint(str(tmp_path / "empty"))
-
-
-def test_stale_resume_checkpoints_go_once_the_new_one_is_written(tmp_path):
-    from ignite.engine import Engine
-    from ignite.handlers.checkpoint import CheckpointEvents
-
-    for epoch in (1, 2, 7):  # 7: left by an earlier, longer run in the same ckpt_dir
-        _resume_file(tmp_path, epoch)
-    (tmp_path / "model.pt").write_bytes(b"the best model")
-    engine = Engine(lambda engine, batch: None)
-    StaleResumeCheckpointRemover(str(tmp_path)).attach(engine)
-    engine.state.epoch = 3
-    assert sorted(os.listdir(tmp_path)) == ["model.pt", *(f"resume_checkpoint_epoch={e}.pt" for e in (1, 2, 7))]
-    _resume_file(tmp_path, 3)
-    engine.fire_event(CheckpointEvents.SAVED_CHECKPOINT)
-    assert sorted(os.listdir(tmp_path)) == ["model.pt", "resume_checkpoint_epoch=3.pt"]
-    assert (tmp_path / "model.pt").read_bytes() == b"the best model"

@@ -12,21 +12,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from monai.utils import convert_to_numpy
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from .io.atomic import atomic_write
+from ..io.atomic import atomic_write
 
 __all__ = ["TRUTH_COLOUR", "montage_figure", "overlay_montage", "plot_roc", "roc_figure"]
 
 TRUTH_COLOUR = "lime"
 THRESHOLD_COLOUR = "white"
 PANEL_INCHES = 3.2
-
-
-def _numpy(array) -> np.ndarray:
-    if hasattr(array, "detach"):
-        array = array.detach().cpu().numpy()
-    return np.asarray(array)
 
 
 def _new_figure(width: float, height: float):
@@ -50,8 +45,8 @@ def roc_figure(labels, scores, title: str = "Image-level ROC"):
 
     With a single class present the curve is undefined; the figure then says so instead of failing.
     """
-    labels = _numpy(labels).reshape(-1) > 0
-    scores = _numpy(scores).reshape(-1).astype(np.float64)
+    labels = convert_to_numpy(labels, wrap_sequence=True).reshape(-1) > 0
+    scores = convert_to_numpy(scores, wrap_sequence=True).reshape(-1).astype(np.float64)
     figure = _new_figure(5, 5)
     axes = figure.add_subplot(1, 1, 1)
     axes.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
@@ -122,10 +117,10 @@ def montage_figure(cases: Sequence[Mapping], threshold: float | None = None, bra
         for axes in panels:
             axes.set_axis_off()
         for index, shown in enumerate(_montage_slices(case)):
-            image = np.squeeze(_numpy(shown["image"]))
-            anomaly_map = np.squeeze(_numpy(shown["anomaly_map"]))
+            image = np.squeeze(convert_to_numpy(shown["image"], wrap_sequence=True))
+            anomaly_map = np.squeeze(convert_to_numpy(shown["anomaly_map"], wrap_sequence=True))
             label = shown.get("label")
-            label = None if label is None else np.squeeze(_numpy(label)) > 0
+            label = None if label is None else np.squeeze(convert_to_numpy(label, wrap_sequence=True)) > 0
             image_axes, map_axes = panels[2 * index], panels[2 * index + 1]
             for axes in (image_axes, map_axes):
                 axes.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")

@@ -2,8 +2,8 @@
 
 A volume is cut into slices across its axial axis (the array axis closest to the body's superior-inferior
 direction) and each slice is shown in the radiological view used in training (``data.loading``). Slices
-are resized to the network's input size, made into its input (``transforms.ClipInput`` with the
-network's own contract), batched through the network; the anomaly channel is resized back and
+are made into the network's input (``transforms.ModelInput``: the network's own contract), batched
+through the network; the anomaly channel is resized back and
 re-assembled on the input's own voxel grid: the map has exactly the input's shape, so it shares the
 input's affine. A case already on the model grid (``transforms.ModelGridd``, evaluation) needs no
 resizing and gets its maps at the network's resolution.
@@ -18,23 +18,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 
-from .data.loading import views_to_volume, volume_to_views
-from .networks.token_cache import PatchTokenCache
-from .precision import FLOAT32, Precision
-from .transforms.preprocessing import ClipInput
+from ..data.loading import resize_views, views_to_volume, volume_to_views
+from ..networks.token_cache import PatchTokenCache
+from ..precision import FLOAT32, Precision
+from ..transforms.preprocessing import ModelInput
+from ..transforms.synthesis import unchanged_tasks
 
 __all__ = ["CachedTokenInferer", "SliceWiseInferer"]
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class SliceWiseInferer(Inferer):
@@ -91,8 +85,7 @@ class SliceWiseInferer(Inferer):
     def view_maps(self, views: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
         """N x 1 x h x w slices in [0, 1] -> N x C x h x w anomaly values (C = 1 or one per branch)."""
         model = getattr(network, "module", network)  # DistributedDataParallel: .module
-        contract = model.input_contract
-        clip_input = ClipInput(contract.mean, contract.std)
+        model_input = ModelInput(model.input_contract)
         device = next(iter(network.parameters()), torch.empty(0)).device
         channels = 1 if self.branches is None else len(self.branches)
         out = torch.empty((views.shape[0], channels, *views.shape[2:]), dtype=torch.float32, device=views.device)
@@ -100,7 +93,7 @@ class SliceWiseInferer(Inferer):
         autocast = self.precision.autocast(min(self.batch_size, views.shape[0]))
         for start in range(0, views.shape[0], self.batch_size):
             batch = views[start : start + self.batch_size].to(device, torch.float32)
-            batch = clip_input(_resize(batch, contract.image_size))
+            batch = model_input(batch)
             with autocast:
                 if self.branches is None:
                     anomaly = network(batch)[:, 1:2]
@@ -108,7 +101,7 @@ class SliceWiseInferer(Inferer):
                     tokens = model.patch_tokens(batch)
                     maps = model.anomaly_maps_from_tokens(tokens, batch.shape[-2:], self.branches)
                     anomaly = torch.stack([maps[branch] for branch in self.branches], dim=1)
-            anomaly = _resize(anomaly.float(), tuple(views.shape[-2:]))
+            anomaly = resize_views(anomaly.float(), views.shape[-2:])
             out[start : start + self.batch_size] = anomaly.clamp_(0, 1).to(views.device)
         return out
 
@@ -119,7 +112,7 @@ class CachedTokenInferer(Inferer):
     The inputs of a batch carry names (``cache_keys``, one per image) and, for training, the synthesis task
     each image went through (``tasks``). An image may be reused when it comes back unchanged: every
     validation image (no ``tasks``), and in training an image whose task is in ``reusable_tasks`` (the
-    Identity task gives the shot as it is). The rest run through the backbone as one batch, exactly as
+    tasks that leave the shot as it is: Identity). The rest run through the backbone as one batch, exactly as
     without the cache, and the heads then run on the whole batch through the network's own forward (so
     DistributedDataParallel still sees the call). A training image's tokens are computed on their own
     (a batch of one), never inside another batch: they are then the same whichever batch first met the
@@ -129,7 +122,8 @@ class CachedTokenInferer(Inferer):
 
     Args:
         cache: where the tokens are kept; None runs ``network(inputs)`` as `SimpleInferer` does.
-        reusable_tasks: training tasks that leave the image unchanged.
+        reusable_tasks: training tasks that leave the image unchanged; None: those the synthesis tasks declare
+            so (``transforms.synthesis.unchanged_tasks``).
         precision: the network's precision (`mediclip_monai.precision`), for every batch; the output is
             float32 whatever it is.
     """
@@ -137,12 +131,12 @@ class CachedTokenInferer(Inferer):
     def __init__(
         self,
         cache: PatchTokenCache | None,
-        reusable_tasks: Sequence[str] = ("Identity",),
+        reusable_tasks: Sequence[str] | None = None,
         precision: Precision = FLOAT32,
     ) -> None:
         super().__init__()
         self.cache = cache
-        self.reusable_tasks = frozenset(reusable_tasks)
+        self.reusable_tasks = frozenset(unchanged_tasks() if reusable_tasks is None else reusable_tasks)
         self.precision = precision
 
     def __call__(

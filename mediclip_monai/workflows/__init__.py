@@ -1,0 +1,1 @@
+"""The workflows of the bundle: the code behind train.json, inference.json and evaluate.json."""

@@ -1,0 +1,79 @@
+"""The configs as layers: the bundle runs from a copy of bundle/ and from any working directory, and the
+command lines of the earlier layering name the ones to use now."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from monai.bundle import ConfigParser
+
+from mediclip_monai.errors import ConfigValueError
+from mediclip_monai.workflows.bundle import config_files
+
+from .conftest import COMMON, EVALUATE, INFERENCE, MULTI_GPU_EVALUATE, REPO, TRAIN, cli, layers, root_cause
+
+TINY = ["--clip_model", "mediclip-tiny", "--clip_pretrained", "none", "--device", "cpu", "--num_workers", "0"]
+
+
+def run_in(cwd, *args):
+    """``python -m monai.bundle run ...`` from ``cwd``, with this checkout's package."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, f"{args}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    return result
+
+
+@pytest.mark.slow
+def test_a_copy_of_the_bundle_runs_from_another_working_directory_and_keeps_its_files_inside(tmp_path):
+    bundle = tmp_path / "copy" / "bundle"
+    shutil.copytree(os.path.join(REPO, "bundle", "configs"), bundle / "configs")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def files(config):
+        return "[" + ",".join(f"'{path}'" for path in config_files(config, bundle)) + "]"
+
+    # no path given: the demo data, the model, the runs and the outputs go where the bundle's configs say
+    run_in(elsewhere, "training", "--config_file", files("train.json"), "--epochs", "1", "--k_shot", "4", *TINY)
+    assert (bundle / "models" / "model.pt").is_file() and (bundle / "data" / "demo" / "datalist.json").is_file()
+    demo = str(bundle / "data" / "demo" / "datalist.json")
+    run_in(elsewhere, "--config_file", files("inference.json"), "--input", demo, *TINY)
+    assert len((bundle / "outputs" / "scores.csv").read_text().splitlines()) == 22  # header and 21 test cases
+    run_in(elsewhere, "--config_file", files("evaluate.json"), *TINY)
+    assert (bundle / "runs" / "eval" / "metrics.json").is_file()
+    assert os.listdir(elsewhere) == []
+
+
+@pytest.mark.parametrize(
+    "run_id, given, expected",
+    [
+        ("training", [TRAIN], [COMMON, TRAIN]),
+        ("calibrate", [TRAIN], [COMMON, TRAIN]),
+        ("run", [INFERENCE], [COMMON, INFERENCE]),
+        ("run", [INFERENCE, EVALUATE], [COMMON, INFERENCE, EVALUATE]),
+        ("run", [TRAIN, EVALUATE], [COMMON, INFERENCE, EVALUATE]),
+        ("run", [COMMON, TRAIN, EVALUATE], [COMMON, INFERENCE, EVALUATE]),
+        ("run", [TRAIN, EVALUATE, MULTI_GPU_EVALUATE], [COMMON, INFERENCE, EVALUATE, "multi_gpu_inference.json"]),
+    ],
+    ids=["train", "calibrate", "inference", "evaluate", "evaluate_on_train", "evaluate_on_train_now", "multi_gpu"],
+)
+def test_the_earlier_command_lines_name_the_ones_to_use(run_id, given, expected):
+    given = "[" + ",".join(f"'{path}'" for path in given) + "]"
+    result = cli(["-m", "monai.bundle", "run", run_id, "--config_file", given, "--device", "cpu"])
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert result.returncode != 0
+    named = ",".join(f"'{os.path.join(REPO, 'bundle', 'configs', os.path.basename(path))}'" for path in expected)
+    assert last.startswith("error: --config_file: ")
+    assert last.endswith(f'use --config_file "[{named}]" with the same overrides')
+
+
+def test_bundle_root_is_asked_for_when_no_workflow_runs_the_config():
+    parser = ConfigParser()
+    parser.read_config(layers(TRAIN))
+    with pytest.raises(Exception) as error:
+        parser.get_parsed_content("bundle_root")
+    assert isinstance(root_cause(error.value), ConfigValueError) and "--bundle_root" in str(root_cause(error.value))
