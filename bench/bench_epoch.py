@@ -50,7 +50,7 @@ def measure(
     logging.disable(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         workflow = ConfigWorkflow(
-            config_file=[os.path.join("bundle", "configs", name) for name in ("common.json", "train.json")],
+            config_file=os.path.join("bundle", "configs", "train.json"),
             workflow_type="train",
             bundle_root="bundle",
             demo_dir=os.path.join(tmp, "demo"),

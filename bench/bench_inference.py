@@ -50,7 +50,7 @@ import time
 import nibabel as nib
 import torch
 
-INFERENCE = [os.path.join("bundle", "configs", name) for name in ("common.json", "inference.json")]
+INFERENCE = os.path.join("bundle", "configs", "inference.json")
 
 
 def synchronize(device: torch.device) -> None:

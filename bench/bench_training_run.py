@@ -41,7 +41,7 @@ from mediclip_monai.handlers import NextStepTextFeatures
 from mediclip_monai.networks import clip_backbone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = [os.path.join(REPO, "bundle", "configs", name) for name in ("common.json", "train.json")]
+TRAIN = os.path.join(REPO, "bundle", "configs", "train.json")
 
 
 def timed_run(savings: bool) -> dict:

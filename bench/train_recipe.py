@@ -10,7 +10,7 @@ from monai.bundle import ConfigParser
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "bundle", "configs")
-TRAIN = [os.path.join(CONFIGS, "common.json"), os.path.join(CONFIGS, "train.json")]
+TRAIN = os.path.join(CONFIGS, "train.json")
 
 
 def train_recipe(**overrides) -> ConfigParser:

@@ -5,8 +5,8 @@
 
 Which k shots are drawn changes with the seed (``mediclip_monai.data.datalists.sample_k_shot``), and few-shot
 results depend on it, so one run proves little. Each seed runs the bundle's own recipes, as ``python -m
-monai.bundle run training --config_file "['bundle/configs/common.json','bundle/configs/train.json']" --seed S
-...`` and then the evaluation (``['common.json','inference.json','evaluate.json']``) would, into
+monai.bundle run training --config_file bundle/configs/train.json --seed S
+...`` and then the evaluation (``['inference.json','evaluate.json']``) would, into
 ``<output_dir>/seed_<S>/`` (model.pt under ``models/``, metrics.json under ``eval/``). Every other ``--key value``
 is passed to both recipes as it is (values read as Python literals where they are ones: ``--epochs 50``,
 ``--feature_layers [12,18,24]``). The table gives, per anomaly branch (metrics.json's ``branches``; the model's

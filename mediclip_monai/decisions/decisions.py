@@ -49,7 +49,7 @@ UNCALIBRATED_BRANCH = "mediclip"
 # How to add what a branch or a threshold needs to an existing model.pt, for the errors that say it is missing.
 CALIBRATE_COMMAND = (
     "python -m monai.bundle run calibrate "
-    "--config_file \"['bundle/configs/common.json','bundle/configs/train.json']\" [the training overrides]"
+    "--config_file bundle/configs/train.json [the training overrides]"
 )
 # Where model.pt's calibration keeps each branch's thresholds (the names of its format).
 _STORED = {"threshold": "pixel_threshold", "image_threshold": "image_threshold"}

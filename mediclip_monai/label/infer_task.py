@@ -1,13 +1,12 @@
-"""MONAI Label inference task: the bundle's own inference recipe (``configs/inference.json`` on
-``configs/common.json``) on one study.
+"""MONAI Label inference task: the bundle's own inference recipe (``configs/inference.json``) on one study.
 
-What runs is what ``python -m monai.bundle run --config_file "['bundle/configs/common.json',
-'bundle/configs/inference.json']"`` runs, read from those files with MONAI's ``ConfigParser`` at every request, so
-a change of the recipe reaches MONAI Label without a code change: its ``preprocessing`` (reading, intensity
-scaling), its ``inferer`` with its ``network`` (rebuilt from model.pt), and its ``postprocessing`` (threshold,
-image score, slice of the maximum) without the writers of a batch run (``SaveCaseOutputsd``): here MONAI Label's
-writer sends the mask. The recipe's keys are overridden with the app's model.pt, CLIP weights and the request's
-options, each read into its type first (`infer_options`; nothing a client sends reaches the recipe as text).
+What runs is what ``python -m monai.bundle run --config_file bundle/configs/inference.json`` runs, read from
+that file with MONAI's ``ConfigParser`` at every request, so a change of the recipe reaches MONAI Label without
+a code change: its ``preprocessing`` (reading, intensity scaling), its ``inferer`` with its ``network`` (rebuilt
+from model.pt), and its ``postprocessing`` (threshold, image score, slice of the maximum) without the writers of
+a batch run (``SaveCaseOutputsd``): here MONAI Label's writer sends the mask. The recipe's keys are overridden
+with the app's model.pt, CLIP weights and the request's options, each read into its type first
+(`infer_options`; nothing a client sends reaches the recipe as text).
 
 One request, one model: model.pt is loaded (or taken from the cache, reloaded whenever the file changes)
 once, when the request starts, and that network gives the map, the thresholds, the mask and the decision,

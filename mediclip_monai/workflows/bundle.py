@@ -18,12 +18,10 @@ from ..errors import ConfigValueError
 __all__ = ["LAYERS", "bundle_root", "config_files", "layers", "require_layers", "use_instead"]
 
 # How the configs are layered by name: each run's files, bottom first (MONAI merges them in this order; a
-# "+key" extends the key of the files below). common.json holds what training and inference share.
-LAYERS = {
-    "train.json": ("common.json", "train.json"),
-    "inference.json": ("common.json", "inference.json"),
-    "evaluate.json": ("common.json", "inference.json", "evaluate.json"),
-}
+# "+key" extends the key of the files below). train.json and inference.json stand alone (the bundle's contract:
+# `--config_file bundle/configs/train.json` trains), as MONAI model-zoo bundles do; evaluation is inference
+# plus the truth, the metrics and the report.
+LAYERS = {"evaluate.json": ("inference.json", "evaluate.json")}
 
 
 def _running_workflow():
@@ -74,7 +72,7 @@ def require_layers(config: str, *base_keys: str) -> None:
 
     Args:
         config: the config's file name (``train.json``).
-        base_keys: top-level keys that the configs below it define, one of each (``precision``: common.json's).
+        base_keys: top-level keys that the configs below it define, one of each (``inference``: inference.json's).
     """
     workflow = _running_workflow()
     if workflow is not None and not all(key in workflow.parser.get() for key in base_keys):

@@ -6,7 +6,7 @@ existing model.pt (its ``calibrate`` run id, with the training's overrides, so t
 give the same shots and validation set):
 
     python -m monai.bundle run calibrate \
-        --config_file "['bundle/configs/common.json','bundle/configs/train.json']" [the training overrides]
+        --config_file bundle/configs/train.json [the training overrides]
 
 Steps: load the best weights from model.pt; build the `PatchMemoryBank` from the k shots (a volume shot
 contributes at most ``memory_bank_slices`` evenly spaced slices, `evenly_spaced_slices`) with one backbone

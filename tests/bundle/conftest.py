@@ -10,7 +10,6 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "bundle", "configs")
-COMMON = os.path.join(CONFIGS, "common.json")
 TRAIN = os.path.join(CONFIGS, "train.json")
 INFERENCE = os.path.join(CONFIGS, "inference.json")
 EVALUATE = os.path.join(CONFIGS, "evaluate.json")
@@ -64,8 +63,8 @@ def small_training(demo_dir, tmp_path, **overrides):
 
 
 def layers(*config_files):
-    """The files of a run: common.json under ``config_files`` (train.json, or inference.json and its overlays)."""
-    return [COMMON, *config_files]
+    """The files of a run, bottom first (train.json, or inference.json and its overlays)."""
+    return list(config_files)
 
 
 def layered(*config_files):
@@ -74,7 +73,7 @@ def layered(*config_files):
 
 
 def run_workflow(config_file, run_id="training", **overrides):
-    """Run a bundle config (on common.json, a path or a list of overlays) in-process through MONAI's
+    """Run a bundle config (a path or a list of overlays) in-process through MONAI's
     ConfigWorkflow: initialize, run, finalize."""
     from monai.bundle import ConfigWorkflow
 
