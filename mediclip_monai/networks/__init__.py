@@ -3,6 +3,7 @@ store of patch tokens, the MediCLIP module and the reading of its checkpoint (mo
 
 from .checkpoint import CheckpointError, load_mediclip, read_model_state
 from .clip_backbone import TINY_MODEL_NAME, ClipBackbone, ClipWeightsUnavailableError, create_clip_model
+from .extra_state import extra_state
 from .mediclip import BranchUnavailableError, CheckpointMismatchError, InputContract, MediCLIP
 from .memory_bank import PatchMemoryBank
 from .prompts import ABNORMAL_PHRASES, NORMAL_PHRASES, PromptLearner
@@ -23,6 +24,7 @@ __all__ = [
     "PatchTokenCache",
     "PromptLearner",
     "create_clip_model",
+    "extra_state",
     "load_mediclip",
     "read_model_state",
 ]
