@@ -1,15 +1,18 @@
 #!/usr/bin/env python
 """Write the bundle as the MONAI model zoo takes it: one self-contained folder, no unpublished package needed.
 
-    python scripts/package_bundle.py --output DIR [--model PATH/model.pt] [--model_url URL]
+    python scripts/package_bundle.py --output DIR [--model PATH/model.pt] [--model_url URL] [--metrics FILE] [--zip]
 
 ``DIR/mediclip_anomaly_detection/`` gets every config of bundle/configs (formatted as the zoo's pre-commit
 wants), the model card and data licence (bundle/docs), the repository's LICENSE, ``large_files.yml`` (where
 model.pt is downloaded from, with its md5 when --model is given), models/model.pt when given, and under
 ``scripts/`` the ``mediclip_monai`` package the configs use: each config that lists ``imports`` gets
-``$import scripts`` first, which puts that copy on ``sys.path``. The folder runs from inside it
+``$import scripts`` first, which puts that copy on ``sys.path``. A model.pt of an earlier version (or a
+resume checkpoint) is written as the current version writes it. The folder runs from inside it
 (``python -m monai.bundle run --config_file configs/inference.json``) and zips into what
-``monai.bundle download`` fetches. An existing package folder is replaced only once the new one is complete.
+``monai.bundle download`` fetches (``--zip``: ``DIR/mediclip_anomaly_detection_v<version>.zip``). ``--metrics``
+takes the metrics.json of configs/evaluate.json run on that model.pt: its figures become metadata.json's
+``eval_metrics``. An existing package folder is replaced only once the new one is complete.
 """
 
 from __future__ import annotations
@@ -70,10 +73,26 @@ def md5(path: Path) -> str:
 
 
 def large_files_yml(model: Path | None, url: str) -> str:
+    """large_files.yml: where models/model.pt is downloaded from, and its md5 when the bundle holds it."""
     lines = ["large_files:", '  - path: "models/model.pt"', f'    url: "{url}"']
     if model is not None:
         lines += [f'    hash_val: "{md5(model)}"', '    hash_type: "md5"']
     return "\n".join(lines) + "\n"
+
+
+def write_model(model: Path, target: Path) -> None:
+    """model.pt as the current version writes it (the network state alone, its extra state a tensor), so that
+    ``monai.bundle.load`` reads it; a resume checkpoint or a model.pt of an earlier version is converted."""
+    import torch
+
+    from mediclip_monai.networks import CheckpointError, read_model_state
+    from mediclip_monai.networks.extra_state import EXTRA_STATE_KEY, encode_extra_state
+
+    try:
+        state = read_model_state(str(model))
+    except CheckpointError as error:
+        raise PackagingError(f"--model: {error}") from None
+    torch.save({**state, EXTRA_STATE_KEY: encode_extra_state(state[EXTRA_STATE_KEY])}, target)
 
 
 def copy_package(target: Path) -> None:
@@ -84,7 +103,23 @@ def copy_package(target: Path) -> None:
     (target / "__init__.py").write_text(SCRIPTS_INIT)
 
 
-def write_bundle(folder: Path, model: Path | None, model_url: str) -> None:
+def eval_metrics(metrics: Path) -> dict:
+    """The figures of an evaluation's metrics.json (image AUROC, pixel AUROC, ...) for metadata.json."""
+    try:
+        report = json.loads(metrics.read_text())
+    except (OSError, ValueError) as error:
+        raise PackagingError(f"--metrics: {metrics}: not readable as JSON ({error})") from None
+    figures = {
+        name: value
+        for name, value in report.items()
+        if isinstance(value, float) and name not in ("threshold", "image_threshold")
+    }
+    if not figures:
+        raise PackagingError(f"--metrics: {metrics}: holds no figures (the metrics.json of configs/evaluate.json)")
+    return figures
+
+
+def write_bundle(folder: Path, model: Path | None, model_url: str, metrics: dict | None = None) -> None:
     """Every file of the zoo bundle into the empty ``folder``."""
     configs = folder / "configs"
     configs.mkdir(parents=True)
@@ -92,33 +127,50 @@ def write_bundle(folder: Path, model: Path | None, model_url: str) -> None:
         if source.is_file():
             text = source.read_text()
             (configs / source.name).write_text(packaged_config(text) if source.suffix == ".json" else text)
+    if metrics is not None:
+        metadata = json.loads((configs / "metadata.json").read_text())
+        (configs / "metadata.json").write_text(zoo_json({**metadata, "eval_metrics": metrics}))
     shutil.copytree(REPO / "bundle" / "docs", folder / "docs")
     shutil.copy(REPO / "LICENSE", folder / "LICENSE")
-    (folder / "large_files.yml").write_text(large_files_yml(model, model_url))
     copy_package(folder / "scripts")
+    packaged_model = None
     if model is not None:
         (folder / "models").mkdir()
-        shutil.copy(model, folder / "models" / "model.pt")
+        packaged_model = folder / "models" / "model.pt"
+        write_model(model, packaged_model)
+    (folder / "large_files.yml").write_text(large_files_yml(packaged_model, model_url))
 
 
-def package(output: Path, model: Path | None = None, model_url: str = MODEL_URL_PLACEHOLDER) -> Path:
-    """Write ``output/mediclip_anomaly_detection`` (replacing one there once the new one is complete).
+def package(
+    output: Path,
+    model: Path | None = None,
+    model_url: str = MODEL_URL_PLACEHOLDER,
+    metrics: Path | None = None,
+    zip_it: bool = False,
+) -> Path:
+    """Write ``output/mediclip_anomaly_detection`` (replacing one there once the new one is complete) and, with
+    ``zip_it``, its zip beside it.
 
     Raises:
-        PackagingError: ``model`` is not a file, or ``output`` is not a folder.
+        PackagingError: ``model`` is not a MediCLIP model.pt, ``metrics`` not an evaluation's metrics.json, or
+            ``output`` is not a folder.
     """
     if model is not None and not model.is_file():
         raise PackagingError(f"--model: {model}: no such file")
     if output.exists() and not output.is_dir():
         raise PackagingError(f"--output: {output}: not a folder")
+    figures = eval_metrics(metrics) if metrics is not None else None
     output.mkdir(parents=True, exist_ok=True)
     target = output / BUNDLE_NAME
     with tempfile.TemporaryDirectory(dir=output, prefix=f".{BUNDLE_NAME}.tmp-") as tmp:
         staged = Path(tmp) / BUNDLE_NAME
-        write_bundle(staged, model, model_url)
-        previous = Path(tmp) / "previous"
+        write_bundle(staged, model, model_url, figures)
+        if zip_it:
+            version = json.loads((staged / "configs" / "metadata.json").read_text())["version"]
+            archive = shutil.make_archive(str(Path(tmp) / f"{BUNDLE_NAME}_v{version}"), "zip", tmp, BUNDLE_NAME)
+            os.replace(archive, output / Path(archive).name)
         if target.exists():
-            target.rename(previous)
+            target.rename(Path(tmp) / "previous")
         staged.rename(target)
     return target
 
@@ -130,9 +182,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--model_url", default=MODEL_URL_PLACEHOLDER, help="where model.pt is published (large_files.yml)"
     )
+    parser.add_argument("--metrics", type=Path, default=None, help="metrics.json of evaluate.json on that model")
+    parser.add_argument("--zip", action="store_true", help="also write the zip that monai.bundle download fetches")
     args = parser.parse_args(argv)
     try:
-        target = package(args.output, args.model, args.model_url)
+        target = package(args.output, args.model, args.model_url, args.metrics, args.zip)
     except PackagingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
