@@ -8,9 +8,10 @@ necessary and preferred files, large files (over 25 MB: listed in large_files.ym
 hash when given), version and changelog, metadata.json against a schema written from those rules
 (``scripts/zoo_meta_schema.json``, through MONAI's own ``verify_metadata``), the config keys the zoo asks
 for, and the pre-commit formatting (pretty JSON with indent 4, final newline, no trailing whitespace, YAML
-that parses, no file over 1 MB but the large files). ``--full`` adds what the zoo's CI runs in its full
-mode: the inference workflow's properties, MONAI's ``verify_net_in_out`` on configs/inference.json and
-the TorchScript export (the traced one this bundle supports; its model card says why scripting is not).
+that parses, module docstrings first, no file over 1 MB but the large files). ``--full`` adds what the
+zoo's CI runs in its full mode: the inference workflow's properties, MONAI's ``verify_net_in_out`` on
+configs/inference.json and the TorchScript export (the traced one this bundle supports; its model card says
+why scripting is not).
 Like the zoo's verify_bundle.py, the bundle folder goes first on ``sys.path``, so its own code is used.
 Prints ``PASS <check>`` or ``FAIL <check>: <why>`` for each; exits 1 when any fails.
 """
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import sys
 import tempfile
+import tokenize
 import traceback
 from pathlib import Path
 
@@ -148,6 +151,22 @@ def tracked_files(bundle: Path) -> list[Path]:
     ]
 
 
+def docstring_problem(source: str) -> str | None:
+    """What pre-commit's check-docstring-first refuses: a module docstring after code, or two of them."""
+    docstring_seen = code_seen = False
+    skipped = {tokenize.NEWLINE, tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.STRING and token.start[1] == 0:
+            if docstring_seen:
+                return "a second module docstring"
+            if code_seen:
+                return "module docstring after code"
+            docstring_seen = True
+        elif token.type not in skipped:
+            code_seen = True
+    return None
+
+
 def check_precommit_formatting(bundle: Path) -> None:
     problems = []
     for path in tracked_files(bundle):
@@ -167,6 +186,8 @@ def check_precommit_formatting(bundle: Path) -> None:
             problems.append(f"{relative}: not pretty JSON (indent 4, keys in their order)")
         if path.suffix in (".yml", ".yaml"):
             yaml.safe_load(text)
+        if path.suffix == ".py" and docstring_problem(text):
+            problems.append(f"{relative}: {docstring_problem(text)}")
         if os.access(path, os.X_OK) and not text.startswith("#!"):
             problems.append(f"{relative}: executable without a shebang")
         if "PRIVATE KEY-----" in text:

@@ -1,9 +1,9 @@
 """Reading model.pt: the trained MediCLIP network back from its file, or a one-line reason why not.
 
 model.pt is ``MediCLIP.state_dict()``: tensors and plain containers only, read with ``weights_only=True``.
-Its extra state (a dict once read) records the backbone (model name, pretrained tag or weights file name, taps, weights
-fingerprint) and the calibration, beside the memory bank's tensor, so :func:`load_mediclip` rebuilds the
-very network it was trained on; nothing else has to be repeated at inference.
+Its extra state (a dict once read) records the backbone (model name, pretrained tag or weights file name,
+taps, weights fingerprint) and the calibration, beside the memory bank's tensor, so :func:`load_mediclip`
+rebuilds the very network it was trained on; nothing else has to be repeated at inference.
 """
 
 from __future__ import annotations
