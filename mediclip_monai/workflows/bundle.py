@@ -37,7 +37,7 @@ def bundle_root() -> str:
 
     Raises:
         ConfigValueError: the config is not being run by MONAI's ``ConfigWorkflow`` (e.g. read with a bare
-            ``ConfigParser``), whose caller must then give ``bundle_root`` itself.
+            ``ConfigParser``) outside a bundle folder; its caller must then give ``bundle_root`` itself.
     """
     workflow = _running_workflow()
     if workflow is None:
