@@ -16,8 +16,8 @@ threshold must be given, and its image threshold is the mask threshold (with the
 ``--image_threshold``): `Decisions.for_branch` gives the numbers a run uses, as `BranchDecisions`.
 
 model.pt keeps the fitted values as the plain dict ``calibration`` of the network's extra state (floats and
-strings only, read with ``weights_only=True``), in the format of every model.pt made so far; an old file
-without one loads as uncalibrated.
+strings only; the extra state is stored as JSON text in a tensor, `mediclip_monai.networks.extra_state`), in
+the format of every model.pt made so far; an old file without one loads as uncalibrated.
 """
 
 from __future__ import annotations

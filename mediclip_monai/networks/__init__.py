@@ -4,6 +4,7 @@ patch memory bank, the store of patch tokens, the MediCLIP module and the readin
 from .backbone import Backbone, InputContract
 from .checkpoint import CheckpointError, load_mediclip, read_model_state
 from .clip_backbone import TINY_MODEL_NAME, ClipBackbone, ClipWeightsUnavailableError, create_clip_model
+from .extra_state import extra_state
 from .mediclip import BranchUnavailableError, CheckpointMismatchError, MediCLIP
 from .memory_bank import PatchMemoryBank
 from .prompts import ABNORMAL_PHRASES, NORMAL_PHRASES, PromptLearner
@@ -25,6 +26,7 @@ __all__ = [
     "PatchTokenCache",
     "PromptLearner",
     "create_clip_model",
+    "extra_state",
     "load_mediclip",
     "read_model_state",
 ]

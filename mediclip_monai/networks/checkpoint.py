@@ -1,9 +1,9 @@
 """Reading model.pt: the trained MediCLIP network back from its file, or a one-line reason why not.
 
 model.pt is ``MediCLIP.state_dict()``: tensors and plain containers only, read with ``weights_only=True``.
-Its extra state records the backbone (model name, pretrained tag or weights file name, taps, weights
-fingerprint) and the calibration, beside the memory bank's tensor, so :func:`load_mediclip` rebuilds the
-very network it was trained on; nothing else has to be repeated at inference.
+Its extra state (a dict once read) records the backbone (model name, pretrained tag or weights file name,
+taps, weights fingerprint) and the calibration, beside the memory bank's tensor, so :func:`load_mediclip`
+rebuilds the very network it was trained on; nothing else has to be repeated at inference.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import zipfile
 import torch
 
 from ..errors import MediclipError
+from .extra_state import EXTRA_STATE_KEY, extra_state
 from .mediclip import CheckpointMismatchError, MediCLIP
 
 __all__ = ["CheckpointError", "load_mediclip", "read_model_state", "require_model_file"]
@@ -34,7 +35,8 @@ def require_model_file(ckpt_path: str) -> None:
 
 
 def read_model_state(ckpt_path: str) -> dict:
-    """The network state held by ``ckpt_path``: model.pt itself, or the 'model' entry of a resume checkpoint.
+    """The network state held by ``ckpt_path``: model.pt itself, or the 'model' entry of a resume checkpoint;
+    its ``_extra_state`` decoded (a dict: identity and calibration).
 
     Raises:
         CheckpointError: no such file, a truncated or foreign file, or no MediCLIP identity inside.
@@ -54,11 +56,15 @@ def read_model_state(ckpt_path: str) -> dict:
         raise CheckpointError(
             f"{ckpt_path}: unreadable or truncated ({_first_line(error)}); copy the file again or re-run training."
         ) from None
-    if isinstance(state, dict) and "_extra_state" not in state and isinstance(state.get("model"), dict):
+    if isinstance(state, dict) and EXTRA_STATE_KEY not in state and isinstance(state.get("model"), dict):
         state = state["model"]  # a resume checkpoint: {"model", "optimizer", "trainer", ...}
-    if not isinstance(state, dict) or not isinstance(state.get("_extra_state"), dict):
-        raise CheckpointError(f"{ckpt_path}: not a MediCLIP model (no backbone identity inside).")
-    return state
+    not_mediclip = CheckpointError(f"{ckpt_path}: not a MediCLIP model (no backbone identity inside).")
+    if not isinstance(state, dict) or EXTRA_STATE_KEY not in state:
+        raise not_mediclip
+    try:
+        return {**state, EXTRA_STATE_KEY: extra_state(state)}
+    except ValueError:
+        raise not_mediclip from None
 
 
 def load_mediclip(
@@ -117,11 +123,8 @@ def load_state(network: MediCLIP, state: dict, ckpt_path: str) -> None:
         raise CheckpointError(f"{ckpt_path}: {error}") from None
     except RuntimeError as error:
         expected = network.state_dict()
-        wrong = [
-            k
-            for k, v in state.items()
-            if k in expected and getattr(v, "shape", None) != getattr(expected[k], "shape", None)
-        ]
+        tensors = [k for k in state if k in expected and k != EXTRA_STATE_KEY]
+        wrong = [k for k in tensors if getattr(state[k], "shape", None) != getattr(expected[k], "shape", None)]
         unknown = sorted(set(state) - set(expected))
         absent = sorted(set(expected) - set(state))
         if wrong:

@@ -13,11 +13,12 @@ computes exactly the paper's map, as before. What the maps mean (thresholds, ima
 is the network's `Decisions`.
 
 The module knows nothing about files, configs or engines. Its state dict is exactly what model.pt holds:
-the adapters, the prompt contexts, the memory bank's buffer (empty until built) and, as plain extra
-state, the identity of the frozen backbone (model name, taps, a fingerprint of its weights) and the
-decisions' calibration (None until calibrated). The backbone itself is rebuilt, never saved: it is left out of
-``state_dict()`` and of strict ``load_state_dict()``, so MONAI's CheckpointSaver/CheckpointLoader and
-``monai.bundle ckpt_export`` work on the network as it is.
+the adapters, the prompt contexts, the memory bank's buffer (empty until built) and, as extra state (JSON
+text in a tensor, `mediclip_monai.networks.extra_state`), the identity of the frozen backbone (model name,
+taps, a fingerprint of its weights) and the decisions' calibration (None until calibrated). The backbone
+itself is rebuilt, never saved: it is left out of ``state_dict()`` and of strict ``load_state_dict()``, so
+MONAI's CheckpointSaver/CheckpointLoader, ``monai.bundle ckpt_export`` and ``monai.bundle.load`` work on
+the network as it is.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from ..decisions.calibration import fused_map
 from ..errors import MediclipError
 from .backbone import Backbone, InputContract
 from .clip_backbone import ClipBackbone
+from .extra_state import decode_extra_state, encode_extra_state
 from .memory_bank import PatchMemoryBank
 from .prompts import PromptLearner
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 3  # 3: memory bank and calibration; format 2 files (neither) still load
+# 4: the extra state as a tensor (`extra_state`); 3: memory bank and calibration; 2 (neither): still load
+CHECKPOINT_FORMAT = 4
 BACKBONE_PREFIX = "backbone."
 MEMORY_BANK_KEY = "memory_bank.patches"
 # What must match between a checkpoint and the network it is loaded into: the architecture and taps.
@@ -238,10 +241,13 @@ class MediCLIP(nn.Module):
 
     # --- checkpoint contents ----------------------------------------------------------------------------
 
-    def get_extra_state(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, **self.identity, "calibration": self.decisions.calibration}
+    def get_extra_state(self) -> torch.Tensor:
+        return encode_extra_state(
+            {"format": CHECKPOINT_FORMAT, **self.identity, "calibration": self.decisions.calibration}
+        )
 
-    def set_extra_state(self, state: dict) -> None:
+    def set_extra_state(self, state: torch.Tensor | dict) -> None:
+        state = decode_extra_state(state)
         saved = {k: v for k, v in state.items() if k not in ("format", "calibration")}
         identity = self.identity
         mismatch = {k: (saved.get(k), identity[k]) for k in ARCHITECTURE_KEYS if saved.get(k) != identity[k]}

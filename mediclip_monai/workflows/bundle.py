@@ -39,17 +39,22 @@ def _running_workflow():
 
 
 def bundle_root() -> str:
-    """The bundle folder of the config being run (absolute): the parent of its ``configs/`` folder.
+    """The bundle folder of the config being run (absolute): the parent of its ``configs/`` folder; outside a
+    workflow, the working directory when it is a bundle folder (holds configs/metadata.json).
 
     Raises:
         ConfigValueError: the config is not being run by MONAI's ``ConfigWorkflow`` (e.g. read with a bare
-            ``ConfigParser``), whose caller must then give ``bundle_root`` itself.
+            ``ConfigParser``) outside a bundle folder; its caller must then give ``bundle_root`` itself.
     """
     workflow = _running_workflow()
     if workflow is None:
+        # MONAI's verify_net_in_out, ckpt_export, ... read a config without a workflow: the model zoo runs them
+        # from inside the bundle folder.
+        if Path("configs", "metadata.json").is_file():
+            return str(Path.cwd().resolve())
         raise ConfigValueError(
             "--bundle_root: the bundle folder is known only when MONAI's ConfigWorkflow runs the config "
-            "(python -m monai.bundle run ...); give bundle_root"
+            "(python -m monai.bundle run ...) or in the working directory; give bundle_root"
         )
     folder = Path(workflow.config_root_path)
     return str((folder.parent if folder.name == "configs" else folder).resolve())

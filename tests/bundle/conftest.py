@@ -85,11 +85,12 @@ def run_workflow(config_file, run_id="training", **overrides):
     return workflow
 
 
-def cli(args, timeout=600, env=None):
-    """Run a command as a user would, from the repository root; its whole process group is killed on timeout."""
+def cli(args, timeout=600, env=None, cwd=REPO):
+    """Run a command as a user would, from the repository root (or ``cwd``); its whole process group is killed
+    on timeout."""
     process = subprocess.Popen(
         [sys.executable, *args] if args[0] == "-m" else args,
-        cwd=REPO,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

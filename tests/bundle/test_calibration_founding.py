@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from mediclip_monai.networks.extra_state import extra_state
 from mediclip_monai.workflows.calibrate import previous_model_path
 
 from .conftest import TRAIN, as_cli_overrides, cli, layered, small_training
@@ -26,7 +27,7 @@ def datalist_of(tmp_path, demo_dir, n_images, **sections):
 
 
 def calibration_of(path):
-    return torch.load(path, map_location="cpu", weights_only=True)["_extra_state"]["calibration"]
+    return extra_state(torch.load(path, map_location="cpu", weights_only=True))["calibration"]
 
 
 @pytest.mark.slow

@@ -26,14 +26,15 @@ TOLERANCE = 1e-4
 
 
 def documented_command(command, filepath, ckpt_dir, env=None):
-    """The card's ``python -m monai.bundle <command>`` line, with DIR and the output file filled in; run it."""
+    """The card's ``python -m monai.bundle <command>`` line, with DIR and the output file filled in; run it from
+    the bundle folder, as the card says."""
     blocks = re.findall(r"^```bash\n(.*?)^```", CARD, flags=re.S | re.M)
     (block,) = [b for b in blocks if f"-m monai.bundle {command} " in b]
     args = shlex.split(block.replace("\\\n", " "))
     assert args[:2] == ["python", "-m"]
     args = [a.replace("DIR", ckpt_dir) for a in args[1:]]
     args[args.index("--filepath") + 1] = str(filepath)
-    return cli(args, env=env)
+    return cli(args, env=env, cwd=os.path.join(REPO, "bundle"))
 
 
 @pytest.fixture(scope="module")

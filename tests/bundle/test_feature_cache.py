@@ -8,6 +8,7 @@ from monai.utils import set_determinism
 
 from mediclip_monai.handlers import NextStepTextFeatures
 from mediclip_monai.networks import PromptLearner
+from mediclip_monai.networks.extra_state import extra_state
 from mediclip_monai.workflows.calibrate import bank_slice_indices
 
 from .conftest import TRAIN, layers, run_workflow, small_training
@@ -65,7 +66,7 @@ def test_reusing_unchanged_shots_keeps_the_trained_weights_and_calibration(demo_
     bank_keys = [data.train[i]["cache_key"] for i in bank_slice_indices(data.shot_slices)]
     assert sum(passed) == sum(key not in cache.keys() for key in bank_keys)
     calibrations = [
-        torch.load(f"{runs[name][1]}/model.pt", weights_only=True)["_extra_state"]["calibration"]
+        extra_state(torch.load(f"{runs[name][1]}/model.pt", weights_only=True))["calibration"]
         for name in ("reused", "recomputed")
     ]
     for branch, threshold in calibrations[1]["pixel_threshold"].items():

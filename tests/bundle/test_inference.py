@@ -20,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from mediclip_monai.data.loading import scale_intensity
 from mediclip_monai.decisions.scoring import slice_scores
+from mediclip_monai.networks.extra_state import extra_state
 
 from .conftest import EVALUATE, INFERENCE, REPO, cli, layered, run_workflow
 
@@ -77,7 +78,7 @@ def test_oblique_anisotropic_nifti_map_and_mask_keep_shape_and_affine(trained, t
     # the calibrated model's own rule and thresholds (threshold null): per axial slice, the mean of the top
     # 1% of its foreground pixels; the volume's score is its best slice
     stored = torch.load(os.path.join(trained, "model.pt"), map_location="cpu", weights_only=True)
-    calibration = stored["_extra_state"]["calibration"]
+    calibration = extra_state(stored)["calibration"]
     per_slice = slice_scores(np.moveaxis(anomaly_map, 1, 0), np.moveaxis(scale_intensity(volume), 1, 0))
     assert float(rows[0]["score"]) == pytest.approx(per_slice.max(), abs=1e-5)
     assert int(rows[0]["max_slice"]) == int(per_slice.argmax())

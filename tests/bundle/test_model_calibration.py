@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mediclip_monai.networks import CheckpointError, load_mediclip
+from mediclip_monai.networks.extra_state import extra_state
 from mediclip_monai.workflows.calibrate import bank_slice_indices
 
 from .conftest import TRAIN, as_cli_overrides, cli, layered, root_cause, run_workflow, small_training
@@ -30,7 +31,7 @@ def test_training_stores_bank_and_calibration_and_the_calibrate_run_rebuilds_the
     trained = torch.load(path, map_location="cpu", weights_only=True)
     # 4 two-dimensional shots: every patch kept (4 x 256 < the 4096 bound), 3 layers of width 96
     assert trained["memory_bank.patches"].shape == (3, 4 * TINY_PATCHES_PER_SLICE, 96)
-    calibration = trained["_extra_state"]["calibration"]
+    calibration = extra_state(trained)["calibration"]
     assert calibration["default_branch"] == "fused"
     assert calibration["memory_bank"] == {"size": 1024, "shots": 4, "slices": 4, "max_slices_per_shot": 8, "seed": 0}
     assert calibration["validation"]["n_images"] == 16 and calibration["validation"]["n_abnormal"] == 8
@@ -43,7 +44,7 @@ def test_training_stores_bank_and_calibration_and_the_calibrate_run_rebuilds_the
 
     # an existing model.pt without bank and calibration gets exactly the same ones from the documented command
     stripped = {key: value for key, value in trained.items() if not key.startswith("memory_bank.")}
-    stripped["_extra_state"] = {**trained["_extra_state"], "calibration": None}
+    stripped["_extra_state"] = {**extra_state(trained), "calibration": None}
     torch.save(stripped, path)
     assert not load_mediclip(str(path)).memory_bank.is_built
     result = cli(["-m", "monai.bundle", "run", "calibrate", "--config_file", layered(TRAIN), *as_cli_overrides(values)])
@@ -54,7 +55,7 @@ def test_training_stores_bank_and_calibration_and_the_calibrate_run_rebuilds_the
     for key in trained:
         if key != "_extra_state":
             assert torch.equal(rebuilt[key], trained[key]), key
-    assert rebuilt["_extra_state"] == trained["_extra_state"]
+    assert extra_state(rebuilt) == extra_state(trained)
     assert [name for name in os.listdir(path.parent) if name.startswith(".")] == []  # no temporary file left
 
 
@@ -98,5 +99,5 @@ def test_volume_shots_build_a_bank_bounded_in_slices_and_patches(demo_dir, tmp_p
     model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     # 3 volumes x 2 evenly spaced slices x 256 patches = 1536 candidates, thinned to the 300-patch bound
     assert model["memory_bank.patches"].shape == (3, 300, 96)
-    assert model["_extra_state"]["calibration"]["memory_bank"]["slices"] == 3 * 2
+    assert extra_state(model)["calibration"]["memory_bank"]["slices"] == 3 * 2
     assert load_mediclip(str(tmp_path / "models" / "model.pt")).anomaly_branch == "fused"

@@ -17,6 +17,7 @@ import torch
 from mediclip_monai.data.datalists import DataError
 from mediclip_monai.errors import ConfigValueError
 from mediclip_monai.handlers.training import latest_checkpoint
+from mediclip_monai.networks.extra_state import extra_state
 
 from .conftest import (
     META,
@@ -52,9 +53,9 @@ def test_documented_command_trains_and_writes_model_logs_and_metrics(demo_dir, t
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     output = result.stdout + result.stderr
     model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert model["_extra_state"]["clip_model"] == "mediclip-tiny"
+    assert extra_state(model)["clip_model"] == "mediclip-tiny"
     assert {k.split(".")[0] for k in model if k != "_extra_state"} == {"adapters", "prompts", "memory_bank"}
-    assert model["memory_bank.patches"].shape[1] > 0 and model["_extra_state"]["calibration"] is not None
+    assert model["memory_bank.patches"].shape[1] > 0 and extra_state(model)["calibration"] is not None
     assert glob.glob(str(tmp_path / "runs" / "tensorboard" / "events.out.tfevents.*"))
     # validation metrics are logged every round
     assert output.count("val_pixel_auroc") >= 2 and "val_image_auroc" in output
@@ -246,7 +247,7 @@ def test_torchrun_two_cpu_processes_with_gloo_in_mixed_precision(demo_dir, tmp_p
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("precision on cpu: bfloat16 autocast (amp true)") == 2  # one line per rank
     model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert "prompts.context" in model and model["_extra_state"]["calibration"] is not None
+    assert "prompts.context" in model and extra_state(model)["calibration"] is not None
     assert os.path.exists(tmp_path / "models" / "resume_checkpoint_epoch=2.pt")
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from mediclip_monai.networks.extra_state import encode_extra_state, extra_state
+
 from ..bundle.conftest import REPO
 from ..bundle.test_inference import brain_like_volume, infer, oblique_affine
 from .conftest import needs_label_env, run_in_label_env
@@ -147,14 +149,15 @@ def test_one_request_uses_one_model_when_training_replaces_it_in_the_middle(trai
     shutil.copyfile(Path(trained) / "model.pt", first)
     # the other model: the same weights with other calibrated thresholds, so what a request used is visible
     state = torch.load(first, map_location="cpu", weights_only=True)
-    calibration = state["_extra_state"]["calibration"]
+    identity = extra_state(state)
+    calibration = identity["calibration"]
     branch = calibration["default_branch"]
     first_threshold = calibration["pixel_threshold"][branch]
     for name in calibration["pixel_threshold"]:
         calibration["pixel_threshold"][name] = 0.999
         calibration["image_threshold"][name] = 0.001
     other = tmp_path / "other_model.pt"
-    torch.save(state, other)
+    torch.save({**state, "_extra_state": encode_extra_state(identity)}, other)
 
     during, after = run_in_label_env(SWAP_MID_REQUEST, Path(REPO) / "bundle", first, other, study)
 

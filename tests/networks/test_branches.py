@@ -13,6 +13,7 @@ from mediclip_monai.networks import (
     PatchMemoryBank,
     load_mediclip,
 )
+from mediclip_monai.networks.extra_state import extra_state
 
 
 def paper_map(network, images):
@@ -137,7 +138,7 @@ def test_model_pt_with_bank_and_calibration_loads_with_weights_only(calibrated, 
     state = torch.load(path, weights_only=True)
     assert {key.split(".")[0] for key in state} == {"adapters", "prompts", "memory_bank", "_extra_state"}
     assert state["memory_bank.patches"].shape == (3, 500, 96)
-    assert state["_extra_state"]["calibration"] == calibrated.decisions.calibration
+    assert extra_state(state)["calibration"] == calibrated.decisions.calibration
     print(f"\ntiny model.pt with a {calibrated.memory_bank.size}-patch bank: {path.stat().st_size / 1e6:.2f} MB")
     loaded = load_mediclip(str(path))
     assert loaded.anomaly_branch == "fused" and loaded.memory_bank.size == 500
@@ -148,10 +149,10 @@ def test_model_pt_with_bank_and_calibration_loads_with_weights_only(calibrated, 
 
 def test_model_pt_without_bank_loads_as_the_paper_model_and_refuses_other_branches(uncalibrated, images, tmp_path):
     state = uncalibrated.state_dict()
-    assert state["memory_bank.patches"].numel() == 0 and state["_extra_state"]["calibration"] is None
+    assert state["memory_bank.patches"].numel() == 0 and extra_state(state)["calibration"] is None
     # a model.pt written before the bank existed: no bank entry, no calibration
     old = {key: value for key, value in state.items() if not key.startswith("memory_bank.")}
-    old["_extra_state"] = {k: v for k, v in state["_extra_state"].items() if k != "calibration"} | {"format": 2}
+    old["_extra_state"] = {k: v for k, v in extra_state(state).items() if k != "calibration"} | {"format": 2}
     path = tmp_path / "model.pt"
     torch.save(old, path)
     loaded = load_mediclip(str(path))

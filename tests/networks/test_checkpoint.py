@@ -2,8 +2,11 @@
 
 import pytest
 import torch
+from monai.networks.utils import copy_model_state
 
+from mediclip_monai.decisions import Decisions
 from mediclip_monai.networks import CheckpointError, MediCLIP, load_mediclip
+from mediclip_monai.networks.extra_state import extra_state
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,7 @@ def test_state_dict_is_the_trained_parts_and_the_identity_never_the_backbone(tin
     state = tiny.state_dict()
     assert {key.split(".")[0] for key in state} == {"adapters", "prompts", "memory_bank", "_extra_state"}
     assert state["memory_bank.patches"].numel() == 0  # empty until built after training
-    identity = state["_extra_state"]
+    identity = extra_state(state)
     assert identity["clip_model"] == "mediclip-tiny" and identity["clip_pretrained"] == "none"
     assert len(identity["backbone_fingerprint"]) == 64
     # and a strict load of exactly that state is accepted
@@ -125,7 +128,7 @@ def test_a_model_trained_from_a_weights_file_refuses_to_run_without_it(tmp_path)
     trained = MediCLIP("mediclip-tiny", "none", clip_checkpoint=str(weights))
     model = tmp_path / "model.pt"
     torch.save(trained.state_dict(), model)
-    assert torch.load(model, weights_only=True)["_extra_state"]["clip_checkpoint"] == "clip_weights.pt"
+    assert extra_state(torch.load(model, weights_only=True))["clip_checkpoint"] == "clip_weights.pt"
 
     with pytest.raises(CheckpointError, match="clip_weights.pt") as error:
         load_mediclip(str(model))
@@ -138,3 +141,19 @@ def test_ddp_is_told_to_leave_the_frozen_backbone_alone(tiny):
     ignored = set(tiny._ddp_params_and_buffers_to_ignore)
     assert {name for name, _ in tiny.named_parameters() if name.startswith("backbone.")} <= ignored
     assert not any(name.startswith(("adapters.", "prompts.")) for name in ignored)
+
+
+def test_monai_copy_model_state_carries_the_identity_and_calibration(tmp_path):
+    # MONAI's copy_model_state (monai.bundle.load) compares the shape of every entry: the extra state is a tensor.
+    saved = MediCLIP("mediclip-tiny", "none")
+    saved.decisions = Decisions({"default_branch": "mediclip", "pixel_threshold": {"mediclip": 0.25}})
+    path = tmp_path / "model.pt"
+    torch.save(saved.state_dict(), path)
+    state = torch.load(path, weights_only=True)
+    assert isinstance(state["_extra_state"], torch.Tensor)
+    assert extra_state(state)["calibration"] == saved.decisions.calibration
+    other = MediCLIP("mediclip-tiny", "none")
+    other.decisions = Decisions({"default_branch": "mediclip", "pixel_threshold": {"mediclip": 0.75}})
+    _, updated, _ = copy_model_state(dst=other, src=state)
+    assert "_extra_state" in updated and "prompts.context" in updated
+    assert other.decisions.calibration == saved.decisions.calibration
