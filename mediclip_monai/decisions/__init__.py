@@ -4,6 +4,8 @@
   thresholds, the image-score rule, the default branch, the uncalibrated fallback and a run's overrides.
 - ``scoring``: the rules: image score, slice of the score, mask, verdict.
 - ``calibration``: fitting the decisions on held-out normals and their synthetic anomalies; the branch fusion.
+- ``branch_choice``: the fusion weight and the default branch, chosen on anomalies of kinds training never makes.
+- ``image_level``: the image-level score (global signals and a map) and its fitted rule.
 """
 
 from .decisions import (
@@ -13,6 +15,7 @@ from .decisions import (
     UNCALIBRATED_BRANCH,
     BranchDecisions,
     Decisions,
+    image_level_rule,
     run_decisions,
 )
 
@@ -23,5 +26,6 @@ __all__ = [
     "UNCALIBRATED_BRANCH",
     "BranchDecisions",
     "Decisions",
+    "image_level_rule",
     "run_decisions",
 ]

@@ -1,11 +1,13 @@
 """MediCLIP network parts: the frozen open_clip backbone, learnable prompts, the patch memory bank, the
-store of patch tokens, the MediCLIP module and the reading of its checkpoint (model.pt)."""
+shots' global descriptors, the store of patch tokens, the MediCLIP module and the reading of its checkpoint
+(model.pt)."""
 
 from .checkpoint import CheckpointError, load_mediclip, read_model_state
-from .clip_backbone import TINY_MODEL_NAME, ClipBackbone, ClipWeightsUnavailableError, create_clip_model
+from .clip_backbone import TINY_MODEL_NAME, ClipBackbone, ClipWeightsUnavailableError, ImageTokens, create_clip_model
 from .mediclip import BranchUnavailableError, CheckpointMismatchError, InputContract, MediCLIP
 from .memory_bank import PatchMemoryBank
 from .prompts import ABNORMAL_PHRASES, NORMAL_PHRASES, PromptLearner
+from .shot_embeddings import ShotEmbeddings
 from .token_cache import PatchTokenCache
 
 __all__ = [
@@ -17,11 +19,13 @@ __all__ = [
     "CheckpointMismatchError",
     "ClipBackbone",
     "ClipWeightsUnavailableError",
+    "ImageTokens",
     "InputContract",
     "MediCLIP",
     "PatchMemoryBank",
     "PatchTokenCache",
     "PromptLearner",
+    "ShotEmbeddings",
     "create_clip_model",
     "load_mediclip",
     "read_model_state",

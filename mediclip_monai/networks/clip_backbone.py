@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import open_clip
 import torch
@@ -36,6 +37,7 @@ from .weights import (
 __all__ = [
     "TINY_MODEL_NAME",
     "ClipBackbone",
+    "ImageTokens",
     "ClipCheckpointError",
     "ClipWeightsUnavailableError",
     "create_clip_model",
@@ -106,6 +108,21 @@ def weights_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+class ImageTokens(NamedTuple):
+    """What one pass of the image tower gives: the tapped patch tokens and the image's global descriptors.
+
+    Attributes:
+        patch_tokens: per tapped block, B x vision_width x h x w (as `ClipBackbone.patch_tokens`).
+        class_tokens: per tapped block, B x vision_width: the class token of the residual stream there.
+        embedding: B x embed_dim: CLIP's image embedding (ln_post, class-token pooling, projection), not
+            normalised; the space of the text embeddings.
+    """
+
+    patch_tokens: list[torch.Tensor]
+    class_tokens: list[torch.Tensor]
+    embedding: torch.Tensor
+
+
 class ClipBackbone(nn.Module):
     """Frozen CLIP with taps on the residual stream of chosen ViT blocks.
 
@@ -164,3 +181,18 @@ class ClipBackbone(nn.Module):
                 output_fmt="NCHW",
             )
         return out["image_intermediates"]
+
+    def image_tokens(self, images: torch.Tensor) -> ImageTokens:
+        """The patch tokens of :meth:`patch_tokens` (the same values, bit for bit), with the tapped blocks' class
+        tokens and the image embedding, from one pass. The whole tower runs (the embedding needs its last
+        block), which costs nothing more with the default taps, whose last is the last block."""
+        with torch.no_grad():
+            out = self.clip.visual.forward_intermediates(
+                images,
+                indices=[layer - 1 for layer in self.feature_layers],
+                intermediates_only=False,
+                output_fmt="NCHW",
+                output_extra_tokens=True,
+            )
+        class_tokens = [prefix[:, 0] for prefix in out["image_intermediates_prefix"]]
+        return ImageTokens(out["image_intermediates"], class_tokens, out["image_features"])
