@@ -8,7 +8,8 @@
    ones feed the bank. Targets: seconds for 2D shots, under a minute for volumes with ViT-B-16 on CPU.
 2. The network forward at batch 8 with each ``anomaly_branch`` vs the bare open_clip image tower
    (bank at its default bound, calibration fitted on random cases). Target: fused within 1.25x.
-3. model.pt with a full bank and a calibration: its size for the benchmarked backbone and, projected,
+3. model.pt with a full bank, the shots' global descriptors (16 volume shots x ``memory_bank_slices``) and a
+   calibration with its image-level rule: its size for the benchmarked backbone and, projected,
    for ViT-L-14 (a random ViT-L-14 network whose bank is filled to the default bound; target well
    under 100 MB).
 Random weights and random images (no download): speed and size do not depend on their values. Times are
@@ -26,6 +27,7 @@ from monai.transforms import Compose
 from train_recipe import train_recipe
 
 from mediclip_monai.decisions import BRANCHES, Decisions, calibration
+from mediclip_monai.decisions.image_level import SIGNALS, fit_image_level
 from mediclip_monai.networks import MediCLIP, PatchMemoryBank
 from mediclip_monai.networks.memory_bank import DEFAULT_MAX_PATCHES
 from mediclip_monai.workflows.calibrate import bank_slice_indices, build_memory_bank
@@ -69,7 +71,8 @@ def timed(fn, repeats: int = 3) -> Stopwatch:
 
 
 def calibrate_random_network(network: MediCLIP, seed: int = 0) -> MediCLIP:
-    """A bank at the default bound (random unit tokens) and a calibration fitted on random cases.
+    """A bank at the default bound (random unit tokens), the global descriptors of 16 volume shots' bank slices
+    and a calibration fitted on random cases, with an image-level rule fitted on random signals.
 
     What a trained model.pt carries, in size and in cost; the values mean nothing.
     """
@@ -87,7 +90,14 @@ def calibrate_random_network(network: MediCLIP, seed: int = 0) -> MediCLIP:
         to_input = preprocessing(network)
         inputs = torch.stack([to_input({"image": i, "label": i})["image"] for i in images])
         maps = network.anomaly_maps_from_tokens(network.patch_tokens(inputs.to(device)), size)
-    network.decisions = Decisions(calibration.calibrate(maps["mediclip"], maps["memory_bank"], images[:, 0], masks))
+    fitted = calibration.calibrate(maps["mediclip"], maps["memory_bank"], images[:, 0], masks)
+    shot_slices = 16 * memory_bank_slices()
+    class_tokens = [torch.randn(shot_slices, width, generator=generator) for _ in range(layers)]
+    network.shot_embeddings.build(class_tokens, torch.randn(shot_slices, network.backbone.embed_dim))
+    signals = {name: torch.randn(40, generator=generator).numpy() for name in SIGNALS}
+    copies = [0] * 20 + [1] * 20
+    fitted["image_level"] = fit_image_level(signals, copies, list(range(20)) * 2, [1.0] * 40, fitted["default_branch"])
+    network.decisions = Decisions(fitted)
     return network
 
 

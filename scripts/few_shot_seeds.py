@@ -1,17 +1,22 @@
 #!/usr/bin/env python
-"""The few-shot protocol over several seeds: train and evaluate once per seed, print mean +/- std per branch.
+"""The few-shot protocol over seeds: train and evaluate once per seed, print mean +/- std per branch and for the
+model's default (its chosen branch with its image-level score), validation beside test.
 
     python scripts/few_shot_seeds.py --seeds 0 1 2 3 4 --output_dir bundle/runs/seeds [train.json overrides]
 
-Which k shots are drawn changes with the seed (``mediclip_monai.data.datalists.sample_k_shot``), and few-shot
-results depend on it, so one run proves little. Each seed runs the bundle's own recipes, as ``python -m
-monai.bundle run training --config_file bundle/configs/train.json --seed S
-...`` and then the evaluation (``['inference.json','evaluate.json']``) would, into
-``<output_dir>/seed_<S>/`` (model.pt under ``models/``, metrics.json under ``eval/``). Every other ``--key value``
-is passed to both recipes as it is (values read as Python literals where they are ones: ``--epochs 50``,
-``--feature_layers [12,18,24]``). The table gives, per anomaly branch (metrics.json's ``branches``; the model's
-own map alone for a model without them) and metric, the mean and standard deviation over the seeds; ``seeds.json``
-in ``output_dir`` holds every seed's metrics and the summary.
+Which k shots are drawn changes with the seed (``mediclip_monai.data.datalists.sample_k_shot``), and
+few-shot results depend on it, so one run proves little. Each seed runs the bundle's own recipes, as
+``python -m monai.bundle run training --config_file bundle/configs/train.json --seed S ...`` and then the
+evaluation (``['inference.json','evaluate.json']``) would, into ``<output_dir>/seed_<S>/`` (model.pt under
+``models/``, metrics.json under ``eval/``). Every other ``--key value`` is passed to both recipes as it is
+(values read as Python literals where they are ones: ``--epochs 50``, ``--feature_layers [12,18,24]``).
+The table gives, per row and metric, the mean and standard deviation over the seeds: a row per anomaly branch
+(metrics.json's ``branches``: each map with its own image score, at its calibrated thresholds) and the row
+``default``, what the model decides with (the branch the calibration set chose, whichever it was in a seed, and
+the image-level score; for a model without branches, its own map alone). The ``val_`` columns are the figures of
+the calibration set (held-out normals with anomalies of kinds training never makes, the set the choices were
+made on); the others are the test set's. ``seeds.json`` in ``output_dir`` holds every seed's metrics, the
+summary and each seed's choice.
 """
 
 import argparse
@@ -29,7 +34,21 @@ from mediclip_monai.workflows.bundle import config_files
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
-METRICS = ("image_auroc", "image_max_f1", "pixel_auroc", "pixel_aupro", "pixel_dice", "image_accuracy")
+METRICS = (
+    "val_pixel_auroc",
+    "val_image_auroc",
+    "image_auroc",
+    "pixel_auroc",
+    "pixel_aupro",
+    "image_sensitivity",
+    "image_specificity",
+    "image_max_f1",
+    "pixel_dice",
+    "image_accuracy",
+)
+# The columns of the printed table (every metric is in seeds.json).
+TABLE_METRICS = METRICS[:7]
+DEFAULT_ROW = "default"
 
 
 def literal(value: str):
@@ -77,10 +96,32 @@ def run_seed(seed: int, output_dir: Path, overrides: dict) -> dict:
 
 
 def branch_metrics(report: dict) -> dict:
-    """{branch: {metric: value}} of one metrics.json (its own branch alone when it reports no branches)."""
-    if report.get("branches"):
-        return report["branches"]
-    return {report.get("anomaly_branch") or "mediclip": {m: report[m] for m in METRICS if m in report}}
+    """{row: {metric: value}} of one metrics.json: each branch, with its calibration-set figures as ``val_``
+    metrics, and the ``default`` row (its own branch alone when it reports no branches)."""
+    own = {m: report[m] for m in METRICS if m in report}
+    if not report.get("branches"):
+        return {report.get("anomaly_branch") or "mediclip": own}
+    choice = report.get("calibration", {}).get("choice", {})
+    validation = {metric: choice.get(metric, {}) for metric in ("pixel_auroc", "image_auroc")}
+    rows = {}
+    for branch, values in report["branches"].items():
+        rows[branch] = {**values, **{f"val_{m}": v[branch] for m, v in validation.items() if branch in v}}
+    default = report.get("anomaly_branch")
+    image_source = "image_level" if report.get("image_score") == "image_level" else default
+    own["val_pixel_auroc"] = validation["pixel_auroc"].get(default)
+    own["val_image_auroc"] = validation["image_auroc"].get(image_source)
+    rows[DEFAULT_ROW] = {m: v for m, v in own.items() if v is not None}
+    return rows
+
+
+def choices(reports: dict[int, dict]) -> dict[int, str]:
+    """Per seed, what its calibration chose: the default branch and the memory bank's fusion weight."""
+    out = {}
+    for seed, report in reports.items():
+        calibration = report.get("calibration", {})
+        weight = calibration.get("choice", {}).get("memory_bank_weight", {}).get("chosen")
+        out[seed] = f"{report.get('anomaly_branch')}" + ("" if weight is None else f" (memory bank weight {weight:g})")
+    return out
 
 
 def summarise(reports: dict[int, dict]) -> dict:
@@ -99,7 +140,7 @@ def summarise(reports: dict[int, dict]) -> dict:
 
 
 def table(summary: dict, n_seeds: int) -> str:
-    metrics = [m for m in METRICS if any(m in values for values in summary.values())]
+    metrics = [m for m in TABLE_METRICS if any(m in values for values in summary.values())]
     lines = [f"mean +/- std over {n_seeds} seed(s)", f"{'branch':12s} " + " ".join(f"{m:>17s}" for m in metrics)]
     for branch, values in summary.items():
         cells = [
@@ -119,10 +160,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO)
     reports = {seed: run_seed(seed, args.output_dir, overrides) for seed in args.seeds}
     summary = summarise(reports)
-    result = {"seeds": args.seeds, "overrides": overrides, "metrics": reports, "summary": summary}
+    chosen = choices(reports)
+    result = {"seeds": args.seeds, "overrides": overrides, "metrics": reports, "summary": summary, "choices": chosen}
     with atomic_write(args.output_dir / "seeds.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2))
     print(table(summary, len(args.seeds)))
+    print("default per seed: " + "; ".join(f"seed {seed}: {choice}" for seed, choice in chosen.items()))
     print(f"every seed's metrics: {os.path.join(args.output_dir, 'seeds.json')}")
     return 0
 

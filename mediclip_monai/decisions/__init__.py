@@ -6,6 +6,8 @@
 - ``calibration``: fitting the decisions on held-out normals and their synthetic anomalies; the branch fusion.
 - ``map_scale``: the scale the maps are written in (probability, or normalised around the mask threshold) and the
   run's sensitivity, which moves the mask threshold.
+- ``branch_choice``: the fusion weight and the default branch, chosen on anomalies of kinds training never makes.
+- ``image_level``: the image-level score (global signals and a map) and its fitted rule.
 """
 
 from .decisions import (
@@ -15,6 +17,7 @@ from .decisions import (
     UNCALIBRATED_BRANCH,
     BranchDecisions,
     Decisions,
+    image_level_rule,
     run_decisions,
 )
 
@@ -25,5 +28,6 @@ __all__ = [
     "UNCALIBRATED_BRANCH",
     "BranchDecisions",
     "Decisions",
+    "image_level_rule",
     "run_decisions",
 ]

@@ -2,8 +2,9 @@
 the image-score rule) on the validation set, and applying the fusion.
 
 Pure functions: arrays in (numpy or torch), plain numbers and dicts out. `calibrate` runs at the end of
-training (``workflows.calibrate``) on the validation set (held-out normal slices, each also with a synthetic
-anomaly) and returns a plain dict of floats and strings that model.pt keeps and `Decisions` reads; the
+training (``workflows.calibrate``) on the calibration set (held-out normal slices, each also with anomalies of
+kinds training never makes, ``data.unseen_anomalies``; called "validation" below and in the stored counts) and
+returns a plain dict of floats and strings that model.pt keeps and `Decisions` reads; the
 network applies `fused_map`. Never computed from test data.
 
 The rules, each chosen by an experiment (tiny random backbone, k = 16, 50 epochs, 6 seeds, on the demo set
@@ -12,10 +13,10 @@ and on the held-out brain set of `mediclip_monai.data.heldout_brain`):
 - Branch normalisation: per branch, the median and the interquartile range of its map over the
   foreground pixels of the NORMAL validation slices (robust statistics: the maps' upper tails are
   heavy; median/IQR did as well as or better than mean/std on both sets).
-- Fusion: ``z = sum_b w_b (map_b - median_b) / IQR_b`` with fixed weights, equal by default
-  (``memory_bank_weight = 0.5``). Weights chosen on validation are not used: the synthetic validation
-  anomalies are of the kinds MediCLIP's branch was trained on, so validation favours that branch while
-  unseen lesions favour the memory bank.
+- Fusion: ``z = sum_b w_b (map_b - median_b) / IQR_b``, the memory bank's weight ``memory_bank_weight``
+  (the MediCLIP branch's 1 minus it): given in the config, or chosen on the calibration set
+  (``decisions.branch_choice``; training's own validation anomalies are of the kinds MediCLIP's branch was
+  trained on, so they would favour that branch, while unseen lesions favour the memory bank).
 - Back to [0, 1]: a logistic fitted on the validation pixels (Platt scaling), ``p = sigmoid(a z + b)``:
   the probability that a pixel is anomalous under the validation set's mix, monotone in ``z`` (AUROC
   unchanged). The ``mediclip`` branch is never touched: it stays the paper's softmax map.
@@ -29,9 +30,9 @@ and on the held-out brain set of `mediclip_monai.data.heldout_brain`):
   than the threshold of best balanced accuracy).
 - Map range: the minimum and maximum of each branch's map over the validation pixels (anomalib's min-max
   statistics), the span by which ``mediclip_monai.decisions.map_scale`` normalises a map around its threshold.
-- Default branch: ``fused``, fixed rather than chosen on validation, for the same reason as the weights
-  (validation favours the ``mediclip`` branch; on both test sets of the experiment ``fused`` beat
-  ``mediclip`` on pixel and image AUROC). A calibrated network writes it unless told another branch.
+- Default branch: `calibrate` returns ``fused``; ``workflows.calibrate`` replaces it with the branch of best
+  pixel AUROC on the calibration set (``decisions.branch_choice``). A calibrated network writes it unless told
+  another branch.
 """
 
 from __future__ import annotations

@@ -6,7 +6,16 @@
 - ``reports``: the files a run ends with: the index of an inference run, the report of an evaluation.
 """
 
-from .metrics import ImageAccuracy, ImageAUROC, ImageMaxF1, PixelAUPRO, PixelAUROC, PixelDice
+from .metrics import (
+    ImageAccuracy,
+    ImageAUROC,
+    ImageMaxF1,
+    ImageSensitivity,
+    ImageSpecificity,
+    PixelAUPRO,
+    PixelAUROC,
+    PixelDice,
+)
 from .reports import CaseIndexHandler, EvaluationReport
 from .training import BestModelRecord, NextStepTextFeatures, StaleResumeCheckpointRemover, attach_resume
 
@@ -17,6 +26,8 @@ __all__ = [
     "ImageAUROC",
     "ImageAccuracy",
     "ImageMaxF1",
+    "ImageSensitivity",
+    "ImageSpecificity",
     "NextStepTextFeatures",
     "PixelAUPRO",
     "PixelAUROC",

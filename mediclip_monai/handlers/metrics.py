@@ -1,5 +1,5 @@
 """Ignite metrics of the bundle's engines: image AUROC and max F1, pixel AUROC and AUPRO, and at a threshold
-pixel Dice and image accuracy; and the metric set evaluation reports per anomaly branch.
+pixel Dice and image accuracy, sensitivity and specificity; and the metric set evaluation reports per anomaly branch.
 
 They plug into MONAI's ``SupervisedEvaluator`` as ``key_val_metric`` / ``additional_metrics`` (training
 validation in train.json, evaluation in evaluate.json), accumulate over iterations, gather across processes
@@ -32,6 +32,8 @@ __all__ = [
     "ImageAUROC",
     "ImageAccuracy",
     "ImageMaxF1",
+    "ImageSensitivity",
+    "ImageSpecificity",
     "MetricSet",
     "PixelAUPRO",
     "PixelAUROC",
@@ -193,6 +195,22 @@ class ImageAccuracy(_ImageMetric):
         return float(np.mean((scores >= 0.5) == (truths > 0)))
 
 
+class ImageSensitivity(ImageAccuracy):
+    """Share of abnormal images decided abnormal (NaN without abnormal images); inputs as ``ImageAccuracy``."""
+
+    def _score(self, truths: np.ndarray, scores: np.ndarray) -> float:
+        abnormal = truths > 0
+        return float(np.mean(scores[abnormal] >= 0.5)) if abnormal.any() else float("nan")
+
+
+class ImageSpecificity(ImageAccuracy):
+    """Share of normal images decided normal (NaN without normal images); inputs as ``ImageAccuracy``."""
+
+    def _score(self, truths: np.ndarray, scores: np.ndarray) -> float:
+        normal = truths <= 0
+        return float(np.mean(scores[normal] < 0.5)) if normal.any() else float("nan")
+
+
 class PixelDice(Metric):
     """Dice of the thresholded masks against the truth, pooled over every pixel of every case, as an Ignite
     metric: ``2 |mask & truth| / (|mask| + |truth|)`` (pooled, so normal images with empty truth count too).
@@ -305,24 +323,28 @@ KEY_METRIC = "image_auroc"
 def branch_metrics(branch: str | None = None) -> dict[str, Metric]:
     """The metrics of one anomaly branch's postprocessed outputs, by name.
 
-    ``image_auroc``, ``image_max_f1`` (of the image scores), ``pixel_auroc``, ``pixel_aupro`` (of the map);
-    for a named branch (its keys prefixed by ``branch_scoring``: ``<branch>_score``, ``pred_<branch>``, ...)
-    also ``pixel_dice`` and ``image_accuracy`` at its thresholds, all named ``<branch>/<metric>``.
-    None: the model's own branch (keys ``score`` and ``pred``).
+    ``image_auroc``, ``image_max_f1`` (of the image scores), ``pixel_auroc``, ``pixel_aupro`` (of the map),
+    ``image_sensitivity`` and ``image_specificity`` (of the verdicts at the image threshold); for a named branch
+    (its keys prefixed by ``branch_scoring``: ``<branch>_score``, ``pred_<branch>``, ...) also ``pixel_dice``
+    and ``image_accuracy`` at its thresholds, all named ``<branch>/<metric>``. None: the run's own outputs
+    (keys ``score``, ``abnormal_decision`` and ``pred``: its branch's map, and the model's image-level score
+    when it carries one).
     """
     prefix = f"{branch}_" if branch else ""
     score = from_engine([f"{prefix}score", "image_truth"])
     pixels = from_engine([f"pred_{branch}" if branch else "pred", "label"])
+    decisions = from_engine([f"{prefix}abnormal_decision", "image_truth"])
     metrics: dict[str, Metric] = {
         "image_auroc": ImageAUROC(output_transform=score),
         "image_max_f1": ImageMaxF1(output_transform=score),
         "pixel_auroc": PixelAUROC(output_transform=pixels),
         "pixel_aupro": PixelAUPRO(output_transform=pixels),
+        "image_sensitivity": ImageSensitivity(output_transform=decisions),
+        "image_specificity": ImageSpecificity(output_transform=decisions),
     }
     if not branch:
         return metrics
     metrics["pixel_dice"] = PixelDice(output_transform=from_engine([f"{prefix}mask", "label"]))
-    decisions = from_engine([f"{prefix}abnormal_decision", "image_truth"])
     metrics["image_accuracy"] = ImageAccuracy(output_transform=decisions)
     return {f"{branch}/{name}": metric for name, metric in metrics.items()}
 

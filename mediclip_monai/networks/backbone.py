@@ -1,6 +1,7 @@
 """What MediCLIP needs from a frozen vision-language backbone, as one interface.
 
-MediCLIP (MICCAI 2024, arXiv 2405.11315) asks five things of its backbone, and nothing else:
+MediCLIP (MICCAI 2024, arXiv 2405.11315) asks five things of its backbone, and the image-level score (beyond the
+paper) a sixth:
 
 1. its input contract: the image size, the per-channel mean and std, the interpolation of resizing
    (`InputContract`);
@@ -11,7 +12,9 @@ MediCLIP (MICCAI 2024, arXiv 2405.11315) asks five things of its backbone, and n
    (the prompt learner puts its learnable contexts among them) and `Backbone.encode_text`, with
    ``text_width`` and the frozen `Backbone.text_parameters` (whose versions tell when cached text features
    are stale);
-5. which weights it runs (``fingerprint``), so a checkpoint can prove the backbone it was trained on.
+5. which weights it runs (``fingerprint``), so a checkpoint can prove the backbone it was trained on;
+6. for the image-level score, the same pass with the image's global descriptors (`Backbone.image_tokens`,
+   `ImageTokens`): the class token of each tapped block and the image embedding in the joint space.
 
 ``clip_backbone.ClipBackbone`` implements it with open_clip's ViTs; another tower (timm, Hugging Face, e.g.
 BiomedCLIP) is another implementation of the same members.
@@ -21,11 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "InputContract"]
+__all__ = ["Backbone", "ImageTokens", "InputContract"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,21 @@ class InputContract:
     std: tuple[float, float, float]
     image_size: tuple[int, int]
     interpolation: str = "bilinear"
+
+
+class ImageTokens(NamedTuple):
+    """What one pass of the image tower gives: the tapped patch tokens and the image's global descriptors.
+
+    Attributes:
+        patch_tokens: per tapped block, B x vision_width x h x w (as `Backbone.patch_tokens`).
+        class_tokens: per tapped block, B x vision_width: the class token of the residual stream there.
+        embedding: B x embed_dim: the image embedding in the joint image-text space (for CLIP: ln_post,
+            class-token pooling, projection), not normalised.
+    """
+
+    patch_tokens: list[torch.Tensor]
+    class_tokens: list[torch.Tensor]
+    embedding: torch.Tensor
 
 
 class Backbone(nn.Module):
@@ -69,6 +88,11 @@ class Backbone(nn.Module):
     def patch_tokens(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Patch tokens of the tapped blocks for ``images`` (B x 3 x S x S, see `input_contract`), each
         B x vision_width x h x w, computed without gradient."""
+        raise NotImplementedError
+
+    def image_tokens(self, images: torch.Tensor) -> ImageTokens:
+        """The patch tokens of `patch_tokens` (the same values) with the tapped blocks' class tokens and the
+        image embedding, from one pass without gradient."""
         raise NotImplementedError
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:

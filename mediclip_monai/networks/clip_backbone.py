@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import ConfigValueError
 from ..quiet_logs import quiet_open_clip
-from .backbone import Backbone, InputContract
+from .backbone import Backbone, ImageTokens, InputContract
 from .weights import (
     TINY_MODEL_NAME,
     ClipCheckpointError,
@@ -192,6 +192,22 @@ class ClipBackbone(Backbone):
                 output_fmt="NCHW",
             )
         return out["image_intermediates"]
+
+    def image_tokens(self, images: torch.Tensor) -> ImageTokens:
+        """The patch tokens of :meth:`patch_tokens` (the same values, bit for bit), with the tapped blocks' class
+        tokens and CLIP's image embedding (ln_post, class-token pooling, projection), from one pass. The whole
+        tower runs (the embedding needs its last block), which costs nothing more with the default taps, whose
+        last is the last block."""
+        with torch.no_grad():
+            out = self.clip.visual.forward_intermediates(
+                images,
+                indices=[layer - 1 for layer in self.feature_layers],
+                intermediates_only=False,
+                output_fmt="NCHW",
+                output_extra_tokens=True,
+            )
+        class_tokens = [prefix[:, 0] for prefix in out["image_intermediates_prefix"]]
+        return ImageTokens(out["image_intermediates"], class_tokens, out["image_features"])
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts))

@@ -9,16 +9,18 @@ Beyond the paper, two more anomaly branches come from the same backbone pass: ``
 patch tokens scored by nearest neighbour (`PatchMemoryBank`, built after training), and ``fused``, both maps
 normalised on the normal validation slices, combined and mapped back to [0, 1]
 (`mediclip_monai.decisions.calibration`). ``anomaly_branch`` selects what ``forward`` returns; ``mediclip``
-computes exactly the paper's map, as before. What the maps mean (thresholds, image score, default branch)
-is the network's `Decisions`.
+computes exactly the paper's map, as before. The same pass also gives image-level signals (`global_signals`:
+the image's global descriptors against the shots', `ShotEmbeddings`, and against the learned prompts), which
+`mediclip_monai.decisions.image_level` combines with a map into the scan's score. What the maps mean
+(thresholds, image score, default branch) is the network's `Decisions`.
 
 The module knows nothing about files, configs or engines. Its state dict is exactly what model.pt holds:
-the adapters, the prompt contexts, the memory bank's buffer (empty until built) and, as extra state (JSON
-text in a tensor, `mediclip_monai.networks.extra_state`), the identity of the frozen backbone (model name,
-taps, a fingerprint of its weights) and the decisions' calibration (None until calibrated). The backbone
-itself is rebuilt, never saved: it is left out of ``state_dict()`` and of strict ``load_state_dict()``, so
-MONAI's CheckpointSaver/CheckpointLoader, ``monai.bundle ckpt_export`` and ``monai.bundle.load`` work on
-the network as it is.
+the adapters, the prompt contexts, the buffers of the memory bank and of the shot embeddings (empty until
+built) and, as extra state (JSON text in a tensor, `mediclip_monai.networks.extra_state`), the identity of
+the frozen backbone (model name, taps, a fingerprint of its weights) and the decisions' calibration (None
+until calibrated). The backbone itself is rebuilt, never saved: it is left out of ``state_dict()`` and of
+strict ``load_state_dict()``, so MONAI's CheckpointSaver/CheckpointLoader, ``monai.bundle ckpt_export`` and
+``monai.bundle.load`` work on the network as it is.
 """
 
 from __future__ import annotations
@@ -32,18 +34,21 @@ from torch import nn
 from ..decisions import BRANCHES, CALIBRATE_COMMAND, Decisions
 from ..decisions.calibration import fused_map
 from ..errors import MediclipError
-from .backbone import Backbone, InputContract
+from .backbone import Backbone, ImageTokens, InputContract
 from .clip_backbone import ClipBackbone
 from .extra_state import decode_extra_state, encode_extra_state
 from .memory_bank import PatchMemoryBank
 from .prompts import PromptLearner
+from .shot_embeddings import ShotEmbeddings
 
 logger = logging.getLogger(__name__)
 
-# 4: the extra state as a tensor (`extra_state`); 3: memory bank and calibration; 2 (neither): still load
-CHECKPOINT_FORMAT = 4
+# 5: the shots' global descriptors; 4: the extra state as a tensor (`extra_state`); 3: memory bank and
+# calibration. Formats 2 (neither) to 4 still load.
+CHECKPOINT_FORMAT = 5
 BACKBONE_PREFIX = "backbone."
 MEMORY_BANK_KEY = "memory_bank.patches"
+SHOT_EMBEDDINGS_KEYS = ("shot_embeddings.class_tokens", "shot_embeddings.embeddings")
 # What must match between a checkpoint and the network it is loaded into: the architecture and taps.
 ARCHITECTURE_KEYS = ("clip_model", "feature_layers", "causal_text_mask")
 
@@ -76,9 +81,9 @@ class MediCLIP(nn.Module):
     (``mediclip``: the paper's softmax probabilities, normal then anomaly; ``fused``: in [0, 1];
     ``memory_bank``: 1 - cosine similarity, in [0, 2], about [0, 1] in practice).
 
-    ``memory_bank`` (a `PatchMemoryBank`) and ``decisions`` (`Decisions`, fitted by
-    `mediclip_monai.decisions.calibration.calibrate`) are filled after training by
-    `mediclip_monai.workflows.calibrate.calibrate_model`; both are saved in the state dict.
+    ``memory_bank`` (a `PatchMemoryBank`), ``shot_embeddings`` (`ShotEmbeddings`) and ``decisions``
+    (`Decisions`, fitted by `mediclip_monai.decisions.calibration.calibrate`) are filled after training by
+    `mediclip_monai.workflows.calibrate.calibrate_model`; all are saved in the state dict.
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class MediCLIP(nn.Module):
         )
         self.prompts = PromptLearner(self.backbone, causal_text_mask)
         self.memory_bank = PatchMemoryBank()
+        self.shot_embeddings = ShotEmbeddings()
         self.decisions = Decisions()
         self.anomaly_branch = anomaly_branch
         self._identity = {
@@ -117,7 +123,7 @@ class MediCLIP(nn.Module):
         self._ddp_params_and_buffers_to_ignore = (
             [BACKBONE_PREFIX + name for name, _ in self.backbone.named_parameters()]
             + [BACKBONE_PREFIX + name for name, _ in self.backbone.named_buffers()]
-            + [MEMORY_BANK_KEY]
+            + [MEMORY_BANK_KEY, *SHOT_EMBEDDINGS_KEYS]
         )
 
     @property
@@ -181,6 +187,26 @@ class MediCLIP(nn.Module):
     def patch_tokens(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The one backbone pass: tapped patch tokens, each B x vision_width x h x w (no gradient)."""
         return self.backbone.patch_tokens(images)
+
+    def image_tokens(self, images: torch.Tensor) -> ImageTokens:
+        """The one backbone pass with the global descriptors too: the patch tokens of :meth:`patch_tokens`
+        (the same values), the tapped blocks' class tokens and CLIP's image embedding."""
+        return self.backbone.image_tokens(images)
+
+    def global_signals(self, tokens: ImageTokens) -> dict[str, torch.Tensor]:
+        """Image-level anomaly signals of a batch (B float32 values each; higher: more anomalous).
+
+        ``embedding_knn`` and ``class_token_knn``: distances to the shots' descriptors (`ShotEmbeddings`, built
+        with the memory bank); ``image_text``: the image embedding's cosine similarity to the learned
+        "abnormal" prompt embedding minus that to the "normal" one (CLIP's zero-shot score, with the prompts
+        MediCLIP learned for its patches).
+        """
+        signals = self.shot_embeddings.distances(tokens.class_tokens, tokens.embedding)
+        with torch.autocast(tokens.embedding.device.type, enabled=False):
+            text = self.text_features().float()
+            embedding = F.normalize(tokens.embedding.float(), dim=-1)
+            signals["image_text"] = embedding @ (text[:, 1] - text[:, 0])
+        return signals
 
     def mediclip_logits(self, tokens: list[torch.Tensor]) -> torch.Tensor:
         """B x 2 x h x w (normal, abnormal) logits on the patch grid, averaged over the tapped layers."""
@@ -294,7 +320,9 @@ def _drop_backbone_entries(module: nn.Module, state_dict: dict, prefix: str, loc
 
 def _ignore_missing_backbone_entries(module: nn.Module, incompatible_keys) -> None:
     # The frozen backbone is rebuilt from the identity, never loaded: its keys are not "missing". Nor is the
-    # memory bank of a model saved before banks existed: it stays empty.
+    # memory bank (or the shots' global descriptors) of a model saved before they existed: they stay empty.
     incompatible_keys.missing_keys[:] = [
-        k for k in incompatible_keys.missing_keys if BACKBONE_PREFIX not in k and not k.endswith(MEMORY_BANK_KEY)
+        k
+        for k in incompatible_keys.missing_keys
+        if BACKBONE_PREFIX not in k and not k.endswith((MEMORY_BANK_KEY, *SHOT_EMBEDDINGS_KEYS))
     ]

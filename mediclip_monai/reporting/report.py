@@ -83,6 +83,17 @@ def _json_number(value):
     return None if isinstance(value, float) and np.isnan(value) else value
 
 
+def _calibration_summary(calibration: Mapping) -> dict:
+    """What the calibration set chose and its figures there: the validation side of metrics.json."""
+    summary = {"default_branch": calibration.get("default_branch")}
+    summary.update({entry: calibration[entry] for entry in ("choice", "calibration_set") if entry in calibration})
+    level = calibration.get("image_level")
+    if level:
+        keys = ("map_branch", "weights", "slice_fraction", "threshold", "calibration_auroc", "signal_auroc")
+        summary["image_level"] = {key: level[key] for key in keys if key in level}
+    return summary
+
+
 def write_report(
     output_dir: str,
     records: Sequence[Mapping],
@@ -100,7 +111,8 @@ def write_report(
         montage_cases: the cases to show, each ``{"name", "score", "decision", "slices": case_panels(...)}``.
         decisions: the run's decisions on the map evaluated: its branch (the top-level metrics'), mask threshold
             (drawn in the montage) and image threshold, all recorded in metrics.json.
-        model_decisions: the model's decisions; each branch's fitted thresholds are recorded beside its metrics.
+        model_decisions: the model's decisions; each branch's fitted thresholds are recorded beside its metrics,
+            and what its calibration chose, with its figures there, under ``calibration``.
 
     Returns:
         the content of metrics.json.
@@ -114,16 +126,20 @@ def write_report(
         if "/" in name:
             branch, metric = name.split("/", 1)
             branches.setdefault(branch, {})[metric] = _json_number(float(value))
+    model_decisions = model_decisions or Decisions()
     for branch, values in branches.items():
-        values.update((model_decisions or Decisions()).fitted_thresholds(branch))
+        values.update(model_decisions.fitted_thresholds(branch))
+    calibration = model_decisions.calibration
     report = {
         "n_cases": len(records),
         "n_abnormal": int(labels.sum()),
         "anomaly_branch": decisions.branch,
+        "image_score": "image_level" if decisions.image_level is not None else "map",
         **{name: _json_number(float(value)) for name, value in overall.items()},
         "threshold": decisions.threshold,
         "image_threshold": decisions.image_threshold,
         **({"branches": branches} if branches else {}),
+        **({"calibration": _calibration_summary(calibration)} if calibration else {}),
         "protocol": PROTOCOL,
     }
     with atomic_write(os.path.join(output_dir, "metrics.json")) as tmp, open(tmp, "w") as f:
@@ -135,7 +151,8 @@ def write_report(
             max_slice = "" if r["max_slice"] is None else r["max_slice"]
             truth = "abnormal" if r["truth"] else "normal"
             writer.writerow([r["name"], repr(r["score"]), max_slice, r["decision"], truth, r["has_mask"]])
-    title = f"Image-level ROC, {decisions.branch} map, {len(records)} cases"
+    scored_on = "image-level score" if decisions.image_level is not None else f"{decisions.branch} map"
+    title = f"Image-level ROC, {scored_on}, {len(records)} cases"
     plot_roc(os.path.join(output_dir, "roc.png"), labels, scores, title=title)
     if montage_cases:
         overlay_montage(os.path.join(output_dir, "montage.png"), montage_cases, decisions.threshold, decisions.branch)

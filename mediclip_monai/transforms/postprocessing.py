@@ -20,6 +20,7 @@ from monai.utils import convert_to_dst_type
 
 from ..data.loading import axial_axis
 from ..decisions import BranchDecisions
+from ..decisions.image_level import SLICE_FOREGROUND_KEY, SLICE_SCORES_KEY
 from ..errors import DataError
 from .preprocessing import to_source_grid
 
@@ -33,7 +34,8 @@ class AnomalyScored(MapTransform):
         keys: the anomaly map, ``(1, H, W)`` or ``(1, H, W, D)`` values in [0, 1] (a MetaTensor: its affine
             gives a volume's axial axis).
         decisions: the run's decisions on this map's branch (``Decisions.for_branch``): the mask threshold,
-            the image threshold and the image-score rule.
+            the image threshold and the image-score rule (an image-level rule reads the slices' image-level
+            scores that ``SliceWiseInferer`` put in the map's metadata).
         image_key: the case's image scaled to [0, 1] on the map's grid (a calibrated rule's foreground).
         source_image_key: for a map on the model grid (evaluation, ``ModelGridd``): the case's image on its
             own grid. The score (and its slice) is then taken on the map brought back onto that grid
@@ -77,7 +79,11 @@ class AnomalyScored(MapTransform):
             axis = None
             if scored.ndim == 4:
                 axis = axial_axis(scored.affine if isinstance(scored, MetaTensor) else torch.eye(4))
-            score, index = self.decisions.score(scored[0], None if image is None else image[0], axis)
+            meta = anomaly_map.meta if isinstance(anomaly_map, MetaTensor) else {}
+            levels = None
+            if SLICE_SCORES_KEY in meta:
+                levels = tuple(torch.as_tensor(meta[k]).reshape(-1) for k in (SLICE_SCORES_KEY, SLICE_FOREGROUND_KEY))
+            score, index = self.decisions.score(scored[0], None if image is None else image[0], axis, levels)
             verdict = self.decisions.verdict(score)
             d[self.prefix + self.mask_key] = self.decisions.mask(anomaly_map)
             d.update(

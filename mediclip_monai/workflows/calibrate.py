@@ -1,5 +1,5 @@
-"""The calibrate step, at the end of training: the memory bank from the shots and the model's decisions fitted
-on validation (its calibration), both into model.pt.
+"""The calibrate step, at the end of training: the memory bank and the shots' global descriptors from the shots,
+and the model's decisions fitted on anomalies of kinds training never makes (its calibration), all into model.pt.
 
 train.json runs `calibrate_model` after the last epoch (its ``training`` list) and on its own for an
 existing model.pt (its ``calibrate`` run id, with the training's overrides, so the same datalist and seed
@@ -8,11 +8,14 @@ give the same shots and validation set):
     python -m monai.bundle run calibrate \
         --config_file bundle/configs/train.json [the training overrides]
 
-Steps: load the best weights from model.pt; build the `PatchMemoryBank` from the k shots (a volume shot
-contributes at most ``memory_bank_slices`` evenly spaced slices, `evenly_spaced_slices`) with one backbone
-pass per batch; compute the ``mediclip`` and ``memory_bank`` maps of the validation set (held-out normal
-slices and their synthetic anomalies, the set validation scores every epoch); fit the calibration
-(`mediclip_monai.decisions.calibration.calibrate`); rewrite model.pt atomically with bank and calibration. The
+Steps: load the best weights from model.pt; build the `PatchMemoryBank` and the `ShotEmbeddings` from the k
+shots (a volume shot contributes at most ``memory_bank_slices`` evenly spaced slices, `evenly_spaced_slices`);
+make the calibration set (the held-out normal slices, each also with anomalies of kinds training never makes,
+`mediclip_monai.data.unseen_anomalies`; not training's validation set, whose anomalies are of the training
+tasks' kinds and so favour the ``mediclip`` branch) and compute its maps and image-level signals in one backbone
+pass per batch; choose on it the fusion weight and the default branch (`mediclip_monai.decisions.branch_choice`),
+fit the calibration (`mediclip_monai.decisions.calibration.calibrate`) and the image-level rule
+(`mediclip_monai.decisions.image_level.fit_image_level`); rewrite model.pt atomically with all of them. The
 network in memory ends as the calibrated best model. Under torchrun, rank 0 alone runs it
 (multi_gpu_train.json) while the other ranks wait.
 """
@@ -25,19 +28,35 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
+from ..data.unseen_anomalies import UNSEEN_FAMILIES, make_calibration_set
 from ..decisions import BRANCHES, Decisions, calibration
+from ..decisions.branch_choice import choose_default_branch, choose_memory_bank_weight
+from ..decisions.image_level import MAP_BRANCHES, fit_image_level, foreground_fraction
+from ..decisions.scoring import slice_scores
 from ..errors import DataError
 from ..io.atomic import atomic_write
-from ..metrics import pixel_auroc
-from ..networks import MediCLIP, PatchMemoryBank, PatchTokenCache
+from ..metrics import image_auroc
+from ..networks import MediCLIP, PatchMemoryBank, PatchTokenCache, ShotEmbeddings
 from ..networks.checkpoint import load_state, read_model_state
 from ..networks.memory_bank import DEFAULT_MAX_PATCHES, DEFAULT_MAX_SLICES, evenly_spaced_slices
 from ..precision import FLOAT32, Precision
 from .training import FewShotData
 
-__all__ = ["bank_slice_indices", "branch_maps", "build_memory_bank", "calibrate_model", "previous_model_path"]
+__all__ = [
+    "bank_slice_indices",
+    "branch_maps",
+    "build_memory_bank",
+    "build_shot_embeddings",
+    "calibrate_model",
+    "calibration_outputs",
+    "previous_model_path",
+]
+
+# The calibration set's draws: the config's seed plus this (validation's synthetic anomalies take seed + 1).
+CALIBRATION_SEED_OFFSET = 2
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +69,16 @@ def bank_slice_indices(shot_slices: Sequence[Sequence[int]], max_slices: int = D
         max_slices: the most slices taken from one shot (a 2D shot has one).
     """
     return [slices[i] for slices in shot_slices for i in evenly_spaced_slices(len(slices), max_slices)]
+
+
+def _preprocessed(items: Sequence[dict], preprocessing: Callable, device) -> torch.Tensor:
+    """The network inputs of ``items`` through the recipe's validation preprocessing (which also types a label,
+    so shots get an empty one)."""
+    inputs = [
+        preprocessing({"image": item["image"], "label": item.get("label", torch.zeros_like(item["image"]))})
+        for item in items
+    ]
+    return torch.stack([torch.as_tensor(x["image"]) for x in inputs]).to(device)
 
 
 def _token_batches(
@@ -72,13 +101,8 @@ def _token_batches(
         cached = [token_cache.get(item["cache_key"]) if known and "cache_key" in item else None for item in batch]
         missing = [i for i, tokens in enumerate(cached) if tokens is None]
         if missing:
-            # The recipe's own validation preprocessing, so the network sees what validation showed it; it
-            # also types a label, so shots get an empty one.
-            inputs = [
-                preprocessing({"image": item["image"], "label": item.get("label", torch.zeros_like(item["image"]))})
-                for item in (batch[i] for i in missing)
-            ]
-            images = torch.stack([torch.as_tensor(x["image"]) for x in inputs]).to(device)
+            # The recipe's own validation preprocessing, so the network sees what validation showed it.
+            images = _preprocessed([batch[i] for i in missing], preprocessing, device)
             with precision.autocast():
                 fresh = network.patch_tokens(images)
             if len(missing) == len(batch):
@@ -114,6 +138,59 @@ def build_memory_bank(
 
 
 @torch.no_grad()
+def build_shot_embeddings(
+    network: MediCLIP, shots: Sequence[dict], preprocessing: Callable, precision: Precision = FLOAT32
+) -> ShotEmbeddings:
+    """Fill ``network.shot_embeddings`` with the global descriptors of the slices that feed the memory bank.
+
+    One shot slice per backbone pass, as `build_memory_bank` (the same values in every later calibrate run).
+    """
+    device = next(network.parameters()).device
+    class_tokens, embeddings = [], []
+    for item in shots:
+        with precision.autocast():
+            tokens = network.image_tokens(_preprocessed([item], preprocessing, device))
+        class_tokens.append(tokens.class_tokens)
+        embeddings.append(tokens.embedding)
+    per_layer = [torch.cat(layer) for layer in zip(*class_tokens)]
+    network.shot_embeddings.build(per_layer, torch.cat(embeddings))
+    return network.shot_embeddings
+
+
+@torch.no_grad()
+def calibration_outputs(
+    network: MediCLIP,
+    cases: Sequence[dict],
+    preprocessing: Callable,
+    batch_size: int = 8,
+    precision: Precision = FLOAT32,
+) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """The calibration cases' ``mediclip`` and ``memory_bank`` maps (N x S x S, float32, CPU) and global signals
+    (``{signal: N values}`` of `MediCLIP.global_signals`, with ``foreground``: each slice's foreground share),
+    one backbone pass per batch."""
+    device = next(network.parameters()).device
+    size = tuple(cases[0]["image"].shape[-2:])
+    maps: dict[str, list[torch.Tensor]] = {}
+    signals: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(cases), batch_size):
+        batch = cases[start : start + batch_size]
+        with precision.autocast():
+            tokens = network.image_tokens(_preprocessed(batch, preprocessing, device))
+            batch_maps = network.anomaly_maps_from_tokens(tokens.patch_tokens, size, MAP_BRANCHES)
+            batch_signals = {name: v.double().cpu().numpy() for name, v in network.global_signals(tokens).items()}
+        images = torch.stack([item["image"] for item in batch]).float()
+        batch_signals["foreground"] = foreground_fraction(images).double().numpy()
+        for name, anomaly_map in batch_maps.items():
+            maps.setdefault(name, []).append(anomaly_map.float().cpu())
+        for name, values in batch_signals.items():
+            signals.setdefault(name, []).append(values)
+    return (
+        {name: torch.cat(parts) for name, parts in maps.items()},
+        {name: np.concatenate(parts) for name, parts in signals.items()},
+    )
+
+
+@torch.no_grad()
 def branch_maps(
     network: MediCLIP,
     items: Sequence[dict],
@@ -143,16 +220,18 @@ def calibrate_model(
     model_path: str,
     memory_bank_size: int = DEFAULT_MAX_PATCHES,
     memory_bank_slices: int = DEFAULT_MAX_SLICES,
-    memory_bank_weight: float = calibration.DEFAULT_MEMORY_BANK_WEIGHT,
+    memory_bank_weight: float | None = None,
     seed: int = 0,
     batch_size: int = 8,
     precision: Precision = FLOAT32,
     token_cache: PatchTokenCache | None = None,
     strict: bool = True,
 ) -> dict | None:
-    """Build the memory bank and the calibration of the model in ``model_path`` and write them into it.
+    """Build the memory bank, the shot embeddings and the calibration of the model in ``model_path`` and write
+    them into it.
 
-    The thresholds are fitted on normals held out of the shots (``data.held_out``): on the shots themselves
+    Everything is chosen and fitted on the calibration set: the normals held out of the shots
+    (``data.held_out_slices``), each also with anomalies of kinds no training task makes. On the shots themselves
     the memory bank finds every patch of a normal image in itself, and the thresholds fall so low that
     normal images come out abnormal. Without held-out normals (a datalist of a single image) the
     calibration is refused (``strict``, the ``calibrate`` run) or skipped with a warning (end of training:
@@ -166,8 +245,9 @@ def calibrate_model(
         model_path: model.pt, read and rewritten (atomically: a failure leaves the old file whole).
         memory_bank_size: the most patches the bank keeps (config ``memory_bank_size``).
         memory_bank_slices: the most slices of one volume shot that feed the bank (``memory_bank_slices``).
-        memory_bank_weight: fusion weight of the memory bank (``memory_bank_weight``).
-        seed: the config's seed (the coreset's draws).
+        memory_bank_weight: fusion weight of the memory bank (``memory_bank_weight``); None: chosen on the
+            calibration set (`mediclip_monai.decisions.branch_choice`).
+        seed: the config's seed (the coreset's and the calibration set's draws).
         batch_size: slices per backbone pass.
         precision: the precision of training (train.json's ``precision``, from ``amp``).
         token_cache: the run's store of backbone tokens (train.json's ``token_cache``): the shots and
@@ -175,7 +255,8 @@ def calibrate_model(
         strict: without held-out normals, raise (True) or leave model.pt as it is with a warning (False).
 
     Returns:
-        The calibration stored (see `mediclip_monai.decisions.calibration.calibrate`); None when it was skipped.
+        The calibration stored (see `mediclip_monai.decisions.calibration.calibrate`; ``default_branch`` chosen,
+        ``image_level``, ``choice`` and ``calibration_set`` added here); None when it was skipped.
 
     Raises:
         CheckpointError: no model.pt, or one of another network (run training first, with the same overrides).
@@ -202,11 +283,36 @@ def calibrate_model(
         f"memory bank: {bank.size} patches per layer from {len(shots)} slices of {len(data.shot_slices)} shots "
         f"in {time.perf_counter() - start:.1f} s"
     )
-    branches = ("mediclip", "memory_bank")
-    maps = branch_maps(network, data.validation, preprocessing, branches, batch_size, precision, token_cache)
-    images = torch.stack([item["image"][0] for item in data.validation])
-    masks = torch.stack([item["label"][0] for item in data.validation])
+    build_shot_embeddings(network, shots, preprocessing, precision)
+    cases = make_calibration_set(data.held_out_slices, seed + CALIBRATION_SEED_OFFSET)
+    maps, signals = calibration_outputs(network, cases, preprocessing, batch_size, precision)
+    images = torch.stack([item["image"][0] for item in cases])
+    masks = torch.stack([item["label"][0] for item in cases])
+    weight_auroc = None
+    if memory_bank_weight is None:
+        memory_bank_weight, weight_auroc = choose_memory_bank_weight(*(maps[b] for b in MAP_BRANCHES), images, masks)
     result = calibration.calibrate(maps["mediclip"], maps["memory_bank"], images, masks, memory_bank_weight)
+    maps["fused"] = calibration.fused_map(maps["mediclip"], maps["memory_bank"], result["fusion"])
+    result["default_branch"], branch_auroc = choose_default_branch(maps, masks)
+    copies, entries = [item["copy"] for item in cases], [item["entry"] for item in cases]
+    signals["map"] = slice_scores(maps[result["default_branch"]], images)
+    result["image_level"] = fit_image_level(
+        signals, copies, entries, signals["foreground"], result["default_branch"], seed
+    )
+    labels = [int(copy > 0) for copy in copies]
+    map_image_auroc = {name: image_auroc(labels, slice_scores(maps[name], images)) for name in BRANCHES}
+    result["choice"] = {
+        "criterion": "pixel AUROC on the calibration set (anomalies of kinds training never makes)",
+        "pixel_auroc": branch_auroc,
+        "image_auroc": {**map_image_auroc, "image_level": result["image_level"]["calibration_auroc"]},
+        "memory_bank_weight": {"chosen": float(memory_bank_weight), "pixel_auroc": weight_auroc},
+    }
+    result["calibration_set"] = {
+        "families": list(UNSEEN_FAMILIES),
+        "normal_slices": len(data.held_out_slices),
+        "anomalous_slices": len(cases) - len(data.held_out_slices),
+        "seed": int(seed + CALIBRATION_SEED_OFFSET),
+    }
     result["memory_bank"] = {
         "size": bank.size,
         "shots": len(data.shot_slices),
@@ -219,12 +325,22 @@ def calibrate_model(
         _keep_previous(model_path, previous, result)
     with atomic_write(model_path) as tmp:
         torch.save(network.state_dict(), tmp)
-    maps["fused"] = calibration.fused_map(maps["mediclip"], maps["memory_bank"], result["fusion"])
     summary = ", ".join(
-        f"{name} {pixel_auroc(masks, maps[name]):.3f} (threshold {network.decisions.for_branch(name).threshold:.3g})"
+        f"{name} {branch_auroc[name]:.3f} (threshold {network.decisions.for_branch(name).threshold:.3g})"
         for name in BRANCHES
     )
-    logger.info(f"calibrated on {len(images)} validation slices; pixel AUROC {summary}")
+    logger.info(
+        f"calibrated on {len(images)} slices ({len(data.held_out_slices)} held-out normals and their copies with "
+        f"anomalies of unseen kinds: {', '.join(UNSEEN_FAMILIES)}); pixel AUROC {summary}; memory bank weight "
+        f"{memory_bank_weight:g}"
+    )
+    level = result["image_level"]
+    logger.info(
+        f"image-level score: AUROC {level['calibration_auroc']:.3f} on the calibration cases (maps' own "
+        f"{', '.join(f'{k} {v:.3f}' for k, v in map_image_auroc.items())}); weights "
+        f"{', '.join(f'{k} {v:.2f}' for k, v in level['weights'].items())}; volumes: top {level['slice_fraction']:g} "
+        f"of their slices; threshold {level['threshold']:.3g}"
+    )
     logger.info(f"{model_path}: memory bank and calibration stored; default branch '{network.default_branch}'")
     return result
 

@@ -10,6 +10,12 @@ resizing and gets its maps at the network's resolution.
 
 Training and its validation use `CachedTokenInferer`: the network's forward, with the frozen backbone's
 tokens of images seen before (validation images, unchanged shots) taken from a `PatchTokenCache`.
+
+The image-level score (`mediclip_monai.decisions.image_level`) comes from the same backbone pass as the maps:
+for a network that can apply its rule (``decisions.image_level_rule``), `SliceWiseInferer` puts each case's
+per-slice probabilities and foreground shares into the output's metadata (``image_level.SLICE_SCORES_KEY``,
+``SLICE_FOREGROUND_KEY``: B x N float64, N slices in the order of ``volume_to_views``, the order along the axial
+axis), for the run's decisions (``transforms.AnomalyScored``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,14 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type
 
 from ..data.loading import resize_views, views_to_volume, volume_to_views
+from ..decisions import image_level_rule
+from ..decisions.image_level import (
+    SLICE_FOREGROUND_KEY,
+    SLICE_SCORES_KEY,
+    foreground_fraction,
+    slice_probabilities,
+    slice_signals,
+)
 from ..networks.token_cache import PatchTokenCache
 from ..precision import FLOAT32, Precision
 from ..transforms.preprocessing import ModelInput
@@ -41,6 +55,8 @@ class SliceWiseInferer(Inferer):
             order, all from one backbone pass (``MediCLIP.anomaly_maps_from_tokens``); for evaluation.
         precision: the network's precision (`mediclip_monai.precision`); a case that gives fewer than
             ``AMP_MIN_BATCH`` slices per forward pass (a 2D image) runs in float32.
+        image_level: compute the image-level score of every slice when the network can apply its rule
+            (``decisions.image_level_rule``); the maps are the same either way.
 
     ``__call__(inputs, network)``:
         inputs: ``B x 1 x H x W`` images or ``B x 1 x H x W x D`` volumes with intensities in [0, 1]
@@ -51,11 +67,15 @@ class SliceWiseInferer(Inferer):
 
     Returns:
         ``B x 1 x H x W [x D]`` (``B x len(branches) x ...``) float32 anomaly values in [0, 1] on the inputs'
-        grid and device, with the inputs' metadata.
+        grid and device, with the inputs' metadata (and, for MetaTensor inputs, the slices' image-level scores).
     """
 
     def __init__(
-        self, batch_size: int = 8, branches: Sequence[str] | None = None, precision: Precision = FLOAT32
+        self,
+        batch_size: int = 8,
+        branches: Sequence[str] | None = None,
+        precision: Precision = FLOAT32,
+        image_level: bool = True,
     ) -> None:
         super().__init__()
         self.batch_size = int(batch_size)
@@ -63,6 +83,7 @@ class SliceWiseInferer(Inferer):
             raise ValueError(f"batch_size must be at least 1 slice, got {batch_size}")
         self.branches = None if branches is None else tuple(branches)
         self.precision = precision
+        self.image_level = bool(image_level)
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         if inputs.ndim not in (4, 5) or inputs.shape[1] != 1:
@@ -75,27 +96,47 @@ class SliceWiseInferer(Inferer):
             affines = affine if affine.ndim == 3 else affine.expand(inputs.shape[0], 4, 4)
         channels = 1 if self.branches is None else len(self.branches)
         maps = torch.empty((inputs.shape[0], channels, *inputs.shape[2:]), dtype=torch.float32, device=inputs.device)
+        levels = []
         with torch.no_grad():
             for b in range(inputs.shape[0]):
                 affine = None if affines is None else affines[b]
                 views = volume_to_views(inputs[b], affine)  # N x 1 x rows x cols
-                maps[b] = views_to_volume(self.view_maps(views, network), affine)
-        return convert_to_dst_type(maps, inputs, dtype=torch.float32)[0]
+                case_maps, slice_levels = self.view_maps(views, network)
+                maps[b] = views_to_volume(case_maps, affine)
+                levels.append(slice_levels)
+        maps = convert_to_dst_type(maps, inputs, dtype=torch.float32)[0]
+        if isinstance(maps, MetaTensor) and all(level is not None for level in levels):
+            maps.meta[SLICE_SCORES_KEY] = torch.stack([scores for scores, _ in levels])
+            maps.meta[SLICE_FOREGROUND_KEY] = torch.stack([foreground for _, foreground in levels])
+        return maps
 
-    def view_maps(self, views: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
-        """N x 1 x h x w slices in [0, 1] -> N x C x h x w anomaly values (C = 1 or one per branch)."""
+    def view_maps(
+        self, views: torch.Tensor, network: torch.nn.Module
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """N x 1 x h x w slices in [0, 1] -> N x C x h x w anomaly values (C = 1 or one per branch), and for a
+        network that can apply an image-level rule (and ``image_level``) the slices' image-level probabilities
+        and foreground shares (N float64 each; else None)."""
         model = getattr(network, "module", network)  # DistributedDataParallel: .module
-        model_input = ModelInput(model.input_contract)
+        contract = model.input_contract
+        model_input = ModelInput(contract)
         device = next(iter(network.parameters()), torch.empty(0)).device
         channels = 1 if self.branches is None else len(self.branches)
         out = torch.empty((views.shape[0], channels, *views.shape[2:]), dtype=torch.float32, device=views.device)
+        rule = image_level_rule(model) if self.image_level else None
+        scores, foreground = [], []
         # one precision for every slice of a case (see mediclip_monai.precision)
         autocast = self.precision.autocast(min(self.batch_size, views.shape[0]))
         for start in range(0, views.shape[0], self.batch_size):
-            batch = views[start : start + self.batch_size].to(device, torch.float32)
-            batch = model_input(batch)
+            # the slices at the network's size, still in [0, 1] (the image-level score reads them), then its input
+            images = views[start : start + self.batch_size].to(device, torch.float32)
+            images = resize_views(images, contract.image_size, contract.interpolation)
+            batch = model_input(images)
             with autocast:
-                if self.branches is None:
+                if rule is not None:
+                    anomaly, batch_scores = self._with_image_level(model, images, batch, rule)
+                    scores.append(batch_scores)
+                    foreground.append(foreground_fraction(images).double().cpu())
+                elif self.branches is None:
                     anomaly = network(batch)[:, 1:2]
                 else:
                     tokens = model.patch_tokens(batch)
@@ -103,7 +144,19 @@ class SliceWiseInferer(Inferer):
                     anomaly = torch.stack([maps[branch] for branch in self.branches], dim=1)
             anomaly = resize_views(anomaly.float(), views.shape[-2:])
             out[start : start + self.batch_size] = anomaly.clamp_(0, 1).to(views.device)
-        return out
+        return out, (None if rule is None else (torch.cat(scores), torch.cat(foreground)))
+
+    def _with_image_level(
+        self, model: torch.nn.Module, images: torch.Tensor, inputs: torch.Tensor, rule: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One backbone pass: B x C maps (the branches asked for, else the network's own) and B image-level
+        probabilities. ``images``: the slices in [0, 1] at the network's size; ``inputs``: the network's input."""
+        branches = self.branches or (model.anomaly_branch,)
+        tokens = model.image_tokens(inputs)
+        needed = tuple(dict.fromkeys((*branches, rule["map_branch"])))
+        maps = model.anomaly_maps_from_tokens(tokens.patch_tokens, inputs.shape[-2:], needed)
+        scores = slice_probabilities(slice_signals(model, tokens, images, maps[rule["map_branch"]]), rule)
+        return torch.stack([maps[branch] for branch in branches], dim=1), torch.from_numpy(scores)
 
 
 class CachedTokenInferer(Inferer):

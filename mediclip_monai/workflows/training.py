@@ -34,7 +34,10 @@ class FewShotData:
     (label 1 x S x S binary; ``cache_key`` names the image for `CachedTokenInferer`); ``shot_slices``: per
     shot, the indices in ``train`` of its slices (one for a 2D shot); ``held_out``: whether the validation
     images are normals held out of the shots (False: the shot itself, when the datalist has a single
-    image; such a set measures fit only, and cannot found a calibration).
+    image; such a set measures fit only, and cannot found a calibration); ``held_out_slices``: the normal
+    slices held out of the shots, those of validation and of the spare training images (dicts {"image",
+    "name", "entry"}, ``entry`` one per image), what the calibration set is made from
+    (`mediclip_monai.data.unseen_anomalies`).
     """
 
     train: list[dict]
@@ -42,6 +45,7 @@ class FewShotData:
     support_images: list[torch.Tensor] = field(repr=False)
     shot_slices: list[list[int]] = field(default_factory=list)
     held_out: bool = True
+    held_out_slices: list[dict] = field(default_factory=list, repr=False)
 
 
 def _validation_split(
@@ -115,20 +119,26 @@ def prepare_few_shot_data(
 ) -> FewShotData:
     """Read the datalist, draw the k shots, check every file, and load shots and validation slices.
 
-    Every bad entry is reported in one DataError before any training step runs: shots and validation
-    images that are missing, unreadable or of the wrong dimensions, and every other training entry whose
-    file is missing or not an image. Validation uses normal images held out of the shots (see
-    `_validation_split`), never the test section. Slices are resized to ``image_size`` by ``interpolation``:
-    the network's input contract (train.json's ``clip_input``).
+    Every bad entry is reported in one DataError before any training step runs: shots, validation images and
+    the spare training images of calibration that are missing, unreadable or of the wrong dimensions, and every
+    other training entry whose file is missing or not an image. Validation uses normal images held out of the
+    shots (see `_validation_split`), never the test section. Calibration (``held_out_slices``) takes the
+    validation images and, up to `MAX_HELD_OUT_VALIDATION` images in all, the training images drawn neither as
+    shots nor for validation: the more normals the calibration's choices rest on, the steadier they are.
+    Slices are resized to ``image_size`` by ``interpolation``: the network's input contract (train.json's
+    ``clip_input``).
     """
     training_items = load_datalist(datalist, "training")
     shots = sample_k_shot(training_items, k_shot, seed)
     shots, validation_items, held_out = _validation_split(datalist, training_items, shots, seed)
-    read = {item["image"] for item in shots + validation_items}
+    drawn = {item["image"] for item in shots + validation_items}
+    spare = [item for item in training_items if item["image"] not in drawn] if held_out else []
+    loaded = shots + validation_items + spare[: max(0, MAX_HELD_OUT_VALIDATION - len(validation_items))]
+    read = {item["image"] for item in loaded}
     # The images not drawn are only checked to be there: reading every file of a large dataset takes long.
-    check_entries(shots + validation_items, exist_only=[item for item in training_items if item["image"] not in read])
+    check_entries(loaded, exist_only=[item for item in training_items if item["image"] not in read])
     # every bad image at once, each slice resized as the network's input contract says
-    slices = load_training_slices(shots + validation_items, image_size, interpolation=interpolation)
+    slices = load_training_slices(loaded, image_size, interpolation=interpolation)
     train = [item for item in slices if item["entry"] < len(shots)]
     for index, item in enumerate(train):  # names the slice for the token cache (CachedTokenInferer)
         item["cache_key"] = f"train/{index}"
@@ -136,7 +146,8 @@ def prepare_few_shot_data(
         raise DataError(f"{datalist}: the {len(shots)} training images hold no slice with foreground.")
     support = [item["image"] for item in train]
     if held_out:
-        validation_slices = [item for item in slices if item["entry"] >= len(shots)]
+        end = len(shots) + len(validation_items)
+        validation_slices = [item for item in slices if len(shots) <= item["entry"] < end]
     else:
         logger.warning(
             f"{datalist}: a single normal image, nothing to hold out: validating on the shot itself, which "
@@ -146,7 +157,8 @@ def prepare_few_shot_data(
     validation = make_validation_set(validation_slices, support, synthesis_tasks, seed + 1)
     logger.info(
         f"few-shot data: {len(shots)} shots -> {len(train)} training slices; "
-        f"{len(validation_items)} held-out images -> {len(validation)} validation cases"
+        f"{len(validation_items)} held-out images -> {len(validation)} validation cases; calibration on "
+        f"{len(loaded) - len(shots) if held_out else 0} held-out normal images"
     )
     shot_slices = [[i for i, item in enumerate(train) if item["entry"] == shot] for shot in range(len(shots))]
     return FewShotData(
@@ -155,4 +167,5 @@ def prepare_few_shot_data(
         support_images=support,
         shot_slices=shot_slices,
         held_out=held_out,
+        held_out_slices=[item for item in slices if item["entry"] >= len(shots)] if held_out else [],
     )

@@ -60,7 +60,8 @@ def test_when_every_image_is_a_shot_a_quarter_is_held_out_and_a_recalibration_ke
     model = tmp_path / "models" / "model.pt"
     calibration = calibration_of(model)
     assert calibration["memory_bank"]["shots"] == 6  # the bank holds none of the images it is calibrated on
-    assert calibration["validation"] == {"n_images": 4, "n_abnormal": 2}  # 2 held-out normals, 2 synthetic
+    # the calibration set: the 2 held-out normals, each also twice with an anomaly of an unseen kind
+    assert calibration["validation"] == {"n_images": 6, "n_abnormal": 4}
     trained = model.read_bytes()
 
     # Calibrated again on fewer normals (a 'validation' section of one image): said, and undoable.
@@ -75,6 +76,6 @@ def test_when_every_image_is_a_shot_a_quarter_is_held_out_and_a_recalibration_ke
         f"{model}: replacing its calibration (fitted on 2 normal validation slices) with one fitted on 1; the "
         f"previous model is kept as {backup} (rename it to model.pt to go back); the new one rests on fewer normals"
     ) in output
-    assert calibration_of(model)["validation"] == {"n_images": 2, "n_abnormal": 1}
+    assert calibration_of(model)["validation"] == {"n_images": 3, "n_abnormal": 2}
     shutil.move(backup, model)  # going back is a rename
     assert calibration_of(model) == calibration

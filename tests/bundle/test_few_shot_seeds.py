@@ -30,6 +30,26 @@ def test_summary_is_mean_and_std_per_branch_over_seeds():
         "mediclip": {"pixel_auroc": 0.9}
     }
     assert "0.700 +/- 0.100" in few_shot_seeds.table(summary, 2)
+    # a calibrated model: each branch with its calibration-set figures beside, and the row of what it decides with
+    report = {
+        "anomaly_branch": "memory_bank",
+        "image_score": "image_level",
+        "image_auroc": 0.9,
+        "pixel_auroc": 0.8,
+        "branches": {"memory_bank": {"image_auroc": 0.85, "pixel_auroc": 0.8}, "fused": {"pixel_auroc": 0.7}},
+        "calibration": {
+            "choice": {
+                "pixel_auroc": {"memory_bank": 0.75, "fused": 0.72},
+                "image_auroc": {"memory_bank": 0.6, "fused": 0.58, "image_level": 0.65},
+                "memory_bank_weight": {"chosen": 0.5},
+            }
+        },
+    }
+    rows = few_shot_seeds.branch_metrics(report)
+    validation = {"val_pixel_auroc": 0.75}
+    assert rows["memory_bank"] == {"image_auroc": 0.85, "pixel_auroc": 0.8, **validation, "val_image_auroc": 0.6}
+    assert rows["default"] == {"image_auroc": 0.9, "pixel_auroc": 0.8, **validation, "val_image_auroc": 0.65}
+    assert few_shot_seeds.choices({3: report}) == {3: "memory_bank (memory bank weight 0.5)"}
     assert few_shot_seeds.overrides_from(["--epochs", "3", "--feature_layers", "[2,4,6]", "--device", "cpu"]) == {
         "epochs": 3,
         "feature_layers": [2, 4, 6],
@@ -51,7 +71,10 @@ def test_two_seeds_train_evaluate_and_print_every_branch(demo_dir, tmp_path):
     for seed in (0, 1):
         assert (tmp_path / "seeds" / f"seed_{seed}" / "models" / "model.pt").is_file()
     summary = saved["summary"]
-    assert set(summary) == {"mediclip", "memory_bank", "fused"}
+    assert set(summary) == {"mediclip", "memory_bank", "fused", "default"}
+    # the default row: the top level of metrics.json (the chosen branch with the image-level score)
+    tops = [saved["metrics"][str(s)]["image_auroc"] for s in (0, 1)]
+    assert summary["default"]["image_auroc"]["values"] == [v for v in tops if v == v]
     values = summary["fused"]["pixel_auroc"]["values"]
     per_seed = [saved["metrics"][str(s)]["branches"]["fused"]["pixel_auroc"] for s in (0, 1)]
     assert values == per_seed and summary["fused"]["pixel_auroc"]["mean"] == pytest.approx(np.mean(per_seed))

@@ -18,8 +18,6 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from sklearn.metrics import roc_auc_score
 
-from mediclip_monai.data.loading import scale_intensity
-from mediclip_monai.decisions.scoring import slice_scores
 from mediclip_monai.networks.extra_state import extra_state
 
 from .conftest import EVALUATE, INFERENCE, REPO, cli, layered, run_workflow
@@ -75,14 +73,14 @@ def test_oblique_anisotropic_nifti_map_and_mask_keep_shape_and_affine(trained, t
     assert 0 <= anomaly_map.min() and anomaly_map.max() <= 1
     rows = list(csv.DictReader(open(tmp_path / "out" / "scores.csv")))
     assert rows[0]["name"] == "oblique"
-    # the calibrated model's own rule and thresholds (threshold null): per axial slice, the mean of the top
-    # 1% of its foreground pixels; the volume's score is its best slice
+    # the calibrated model's own rules and thresholds (threshold null): the mask of its default branch's map;
+    # the score by its image-level rule (a probability; see tests/workflows/test_inferers.py), whose
+    # threshold decides, and the slice that holds it along the axial axis (24 slices)
     stored = torch.load(os.path.join(trained, "model.pt"), map_location="cpu", weights_only=True)
     calibration = extra_state(stored)["calibration"]
-    per_slice = slice_scores(np.moveaxis(anomaly_map, 1, 0), np.moveaxis(scale_intensity(volume), 1, 0))
-    assert float(rows[0]["score"]) == pytest.approx(per_slice.max(), abs=1e-5)
-    assert int(rows[0]["max_slice"]) == int(per_slice.argmax())
-    pixel, image = calibration["pixel_threshold"]["fused"], calibration["image_threshold"]["fused"]
+    branch = calibration["default_branch"]
+    assert 0 < float(rows[0]["score"]) < 1 and 0 <= int(rows[0]["max_slice"]) < 24
+    pixel, image = calibration["pixel_threshold"][branch], calibration["image_level"]["threshold"]
     assert float(rows[0]["threshold"]) == pytest.approx(pixel)
     assert float(rows[0]["image_threshold"]) == pytest.approx(image)
     assert rows[0]["decision"] == ("abnormal" if float(rows[0]["score"]) >= image else "normal")
@@ -258,22 +256,28 @@ def test_evaluate_on_demo_test_set_matches_an_independent_computation(trained, d
     # test_engine_recipes.py::test_evaluation_metrics_match_scikit_learn_on_known_maps (a network stub)
     assert 0 <= metrics["pixel_auroc"] <= 1
     assert 0 <= metrics["pixel_aupro"] <= 1
-    # the calibrated model is reported on every branch from one pass; the top level is its default branch
-    assert metrics["anomaly_branch"] == "fused"
+    # the calibrated model is reported on every branch from one pass; the top level is its default branch's map
+    # with its image-level score, and what the calibration chose, with its figures there
+    branch = metrics["calibration"]["default_branch"]
+    assert metrics["anomaly_branch"] == branch and metrics["image_score"] == "image_level"
+    assert metrics["image_threshold"] == metrics["calibration"]["image_level"]["threshold"]
+    assert set(metrics["calibration"]["choice"]["image_auroc"]) == {"mediclip", "memory_bank", "fused", "image_level"}
     branches = metrics["branches"]
     assert set(branches) == {"mediclip", "memory_bank", "fused"}
     for values in branches.values():
         assert set(values) == {
             "image_auroc", "image_max_f1", "pixel_auroc", "pixel_aupro", "pixel_dice", "image_accuracy",
-            "threshold", "image_threshold",
+            "image_sensitivity", "image_specificity", "threshold", "image_threshold",
         }  # fmt: skip
         assert all(0 <= values[key] <= 1 for key in ("image_auroc", "pixel_auroc", "pixel_dice", "image_accuracy"))
-    for key in ("image_auroc", "image_max_f1", "pixel_auroc", "pixel_aupro"):
-        assert branches["fused"][key] == pytest.approx(metrics[key]), key
-    assert metrics["threshold"] == pytest.approx(branches["fused"]["threshold"])
+    for key in ("pixel_auroc", "pixel_aupro"):
+        assert branches[branch][key] == pytest.approx(metrics[key]), key
+    assert metrics["threshold"] == pytest.approx(branches[branch]["threshold"])
     decisions = [int(c["decision"] == "abnormal") for c in cases]
-    accuracy = np.mean([d == t for d, t in zip(decisions, labels)])
-    assert branches["fused"]["image_accuracy"] == pytest.approx(accuracy)
+    abnormal = [d for d, t in zip(decisions, labels) if t]
+    normal = [1 - d for d, t in zip(decisions, labels) if not t]
+    assert metrics["image_sensitivity"] == pytest.approx(np.mean(abnormal))
+    assert metrics["image_specificity"] == pytest.approx(np.mean(normal))
 
 
 @pytest.mark.slow

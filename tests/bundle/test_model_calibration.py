@@ -32,18 +32,27 @@ def test_training_stores_bank_and_calibration_and_the_calibrate_run_rebuilds_the
     # 4 two-dimensional shots: every patch kept (4 x 256 < the 4096 bound), 3 layers of width 96
     assert trained["memory_bank.patches"].shape == (3, 4 * TINY_PATCHES_PER_SLICE, 96)
     calibration = extra_state(trained)["calibration"]
-    assert calibration["default_branch"] == "fused"
+    # the default branch is the best on the calibration set (held-out normals with anomalies of unseen kinds)
+    choice = calibration["choice"]["pixel_auroc"]
+    assert calibration["default_branch"] == max(choice, key=choice.get)
     assert calibration["memory_bank"] == {"size": 1024, "shots": 4, "slices": 4, "max_slices_per_shot": 8, "seed": 0}
-    assert calibration["validation"]["n_images"] == 16 and calibration["validation"]["n_abnormal"] == 8
+    normals = calibration["calibration_set"]["normal_slices"]
+    assert normals >= 8 and calibration["calibration_set"]["anomalous_slices"] == 2 * normals
+    assert calibration["validation"] == {"n_images": 3 * normals, "n_abnormal": 2 * normals}
+    # the image-level rule, with the shots' global descriptors it compares with (one per bank slice)
+    level = calibration["image_level"]
+    assert level["map_branch"] == calibration["default_branch"] and sum(level["weights"].values()) == pytest.approx(1)
+    assert trained["shot_embeddings.embeddings"].shape[0] == 4
     model = load_mediclip(str(path))
-    assert model.anomaly_branch == "fused"
+    assert model.anomaly_branch == calibration["default_branch"]
     with torch.no_grad():
         probabilities = model(torch.randn(2, 3, 224, 224))
     assert probabilities.shape == (2, 2, 224, 224)
     assert 0 <= float(probabilities.min()) <= float(probabilities.max()) <= 1
 
     # an existing model.pt without bank and calibration gets exactly the same ones from the documented command
-    stripped = {key: value for key, value in trained.items() if not key.startswith("memory_bank.")}
+    built_after_training = ("memory_bank.", "shot_embeddings.")
+    stripped = {key: value for key, value in trained.items() if not key.startswith(built_after_training)}
     stripped["_extra_state"] = {**extra_state(trained), "calibration": None}
     torch.save(stripped, path)
     assert not load_mediclip(str(path)).memory_bank.is_built
@@ -99,5 +108,6 @@ def test_volume_shots_build_a_bank_bounded_in_slices_and_patches(demo_dir, tmp_p
     model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     # 3 volumes x 2 evenly spaced slices x 256 patches = 1536 candidates, thinned to the 300-patch bound
     assert model["memory_bank.patches"].shape == (3, 300, 96)
-    assert extra_state(model)["calibration"]["memory_bank"]["slices"] == 3 * 2
-    assert load_mediclip(str(tmp_path / "models" / "model.pt")).anomaly_branch == "fused"
+    calibration = extra_state(model)["calibration"]
+    assert calibration["memory_bank"]["slices"] == 3 * 2
+    assert load_mediclip(str(tmp_path / "models" / "model.pt")).anomaly_branch == calibration["default_branch"]

@@ -54,8 +54,10 @@ def test_documented_command_trains_and_writes_model_logs_and_metrics(demo_dir, t
     output = result.stdout + result.stderr
     model = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert extra_state(model)["clip_model"] == "mediclip-tiny"
-    assert {k.split(".")[0] for k in model if k != "_extra_state"} == {"adapters", "prompts", "memory_bank"}
+    parts = {k.split(".")[0] for k in model if k != "_extra_state"}
+    assert parts == {"adapters", "prompts", "memory_bank", "shot_embeddings"}
     assert model["memory_bank.patches"].shape[1] > 0 and extra_state(model)["calibration"] is not None
+    assert model["shot_embeddings.embeddings"].shape[0] > 0
     assert glob.glob(str(tmp_path / "runs" / "tensorboard" / "events.out.tfevents.*"))
     # validation metrics are logged every round
     assert output.count("val_pixel_auroc") >= 2 and "val_image_auroc" in output

@@ -156,6 +156,7 @@ def test_one_request_uses_one_model_when_training_replaces_it_in_the_middle(trai
     for name in calibration["pixel_threshold"]:
         calibration["pixel_threshold"][name] = 0.999
         calibration["image_threshold"][name] = 0.001
+    calibration["image_level"]["threshold"] = 0.001
     other = tmp_path / "other_model.pt"
     torch.save({**state, "_extra_state": encode_extra_state(identity)}, other)
 

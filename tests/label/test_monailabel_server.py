@@ -36,6 +36,8 @@ import numpy as np
 import pytest
 import requests
 
+from mediclip_monai.networks import read_model_state
+
 from ..bundle.conftest import REPO, free_port
 from .conftest import LABEL_PYTHON, label_env, needs_label_env, run_in_label_env
 
@@ -307,9 +309,11 @@ def test_the_clinicians_loop_through_monai_labels_client(server: Server, trained
     np.testing.assert_array_equal(np.asarray(label.dataobj) > 0, first_map >= params["threshold"])
     assert server.get(params["anomaly_map_url"]).content == Path(anomaly_map.get_filename()).read_bytes()
     # another branch for one request; the next one gets the model's own again
-    assert params["anomaly_branch"] == "fused"
-    assert server.client("infer", MODEL, "study_3", {"anomaly_branch": "mediclip"})[1]["anomaly_branch"] == "mediclip"
-    assert server.client("infer", MODEL, "study_3", {})[1]["anomaly_branch"] == "fused"
+    default = read_model_state(str(placed))["_extra_state"]["calibration"]["default_branch"]
+    assert params["anomaly_branch"] == default
+    other = next(branch for branch in ("mediclip", "memory_bank") if branch != default)
+    assert server.client("infer", MODEL, "study_3", {"anomaly_branch": other})[1]["anomaly_branch"] == other
+    assert server.client("infer", MODEL, "study_3", {})[1]["anomaly_branch"] == default
 
     # --- A worse model is kept, not made live: this run is the first run's first epoch (same seed and studies).
     live_bytes = placed.read_bytes()

@@ -3,13 +3,14 @@
 import torch
 from torch import nn
 
-from mediclip_monai.networks import Backbone, InputContract, MediCLIP
+from mediclip_monai.networks import Backbone, ImageTokens, InputContract, MediCLIP
 
 END_OF_TEXT = 49  # the largest id, where the text is read (as CLIP's end-of-text token)
 
 
 class ConvBackbone(Backbone):
-    """A small frozen tower of its own: convolutions for patch tokens, an embedding table for the text."""
+    """A small frozen tower of its own: convolutions for patch tokens (their means for the global descriptors),
+    an embedding table for the text."""
 
     feature_layers = [1, 2]  # noqa: RUF012 (the interface's attribute)
 
@@ -20,6 +21,7 @@ class ConvBackbone(Backbone):
         self.deeper = nn.Conv2d(8, 8, kernel_size=1)
         self.embedding = nn.Embedding(END_OF_TEXT + 1, self.text_width)
         self.projection = nn.Linear(self.text_width, self.embed_dim)
+        self.image_projection = nn.Linear(self.vision_width, self.embed_dim)
         self.requires_grad_(False)
 
     @property
@@ -34,6 +36,12 @@ class ConvBackbone(Backbone):
         with torch.no_grad():
             first = self.patchify(images)
             return [first, self.deeper(first)]
+
+    def image_tokens(self, images):
+        patches = self.patch_tokens(images)
+        pooled = [layer.mean(dim=(2, 3)) for layer in patches]
+        with torch.no_grad():
+            return ImageTokens(patches, pooled, self.image_projection(pooled[-1]))
 
     def tokenize(self, texts):
         ids = torch.zeros(len(texts), 16, dtype=torch.long)
@@ -78,3 +86,21 @@ def test_text_features_follow_the_backbones_text_weights():
         network.backbone.projection.weight.mul_(2)
         after = network.prompts.text_features()
     assert not torch.allclose(before, after)
+
+
+def test_image_level_signals_come_from_the_backbones_global_descriptors():
+    torch.manual_seed(0)
+    network = MediCLIP("conv-backbone", "none", backbone=ConvBackbone()).eval()
+    shots, other = torch.randn(3, 3, 32, 32), torch.randn(2, 3, 32, 32) * 3
+    with torch.no_grad():
+        tokens = network.image_tokens(shots)
+        for tapped, patches in zip(tokens.patch_tokens, network.patch_tokens(shots)):
+            torch.testing.assert_close(tapped, patches, rtol=0, atol=0)
+        network.shot_embeddings.build(tokens.class_tokens, tokens.embedding)
+        same = network.global_signals(tokens)
+        farther = network.global_signals(network.image_tokens(other))
+    assert set(same) == {"embedding_knn", "class_token_knn", "image_text"}
+    for name in ("embedding_knn", "class_token_knn"):
+        torch.testing.assert_close(same[name], torch.zeros(3), rtol=0, atol=1e-5)
+        assert (farther[name] > 1e-3).all(), name
+    assert farther["image_text"].shape == (2,)

@@ -80,6 +80,12 @@ def test_mediclip_branch_is_bit_identical_to_the_paper_map(uncalibrated, calibra
             calibrated.anomaly_branch = None
         maps = calibrated.anomaly_maps_from_tokens(calibrated.patch_tokens(images), (224, 224))
     assert torch.equal(maps["mediclip"], expected[:, 1])
+    # the pass that also gives the global descriptors (the image-level score) leaves the paper's map as it is
+    with torch.no_grad():
+        tokens = calibrated.image_tokens(images)
+        maps = calibrated.anomaly_maps_from_tokens(tokens.patch_tokens, (224, 224), ("mediclip",))
+    assert all(torch.equal(a, b) for a, b in zip(tokens.patch_tokens, calibrated.patch_tokens(images)))
+    assert torch.equal(maps["mediclip"], expected[:, 1])
 
 
 def test_calibrated_model_defaults_to_the_stored_branch_and_a_choice_overrides_it(calibrated, images):
@@ -136,7 +142,9 @@ def test_model_pt_with_bank_and_calibration_loads_with_weights_only(calibrated, 
     path = tmp_path / "model.pt"
     torch.save(calibrated.state_dict(), path)
     state = torch.load(path, weights_only=True)
-    assert {key.split(".")[0] for key in state} == {"adapters", "prompts", "memory_bank", "_extra_state"}
+    assert {key.split(".")[0] for key in state} == {
+        "adapters", "prompts", "memory_bank", "shot_embeddings", "_extra_state"
+    }  # fmt: skip
     assert state["memory_bank.patches"].shape == (3, 500, 96)
     assert extra_state(state)["calibration"] == calibrated.decisions.calibration
     print(f"\ntiny model.pt with a {calibrated.memory_bank.size}-patch bank: {path.stat().st_size / 1e6:.2f} MB")

@@ -1,5 +1,6 @@
 """SliceWiseInferer: a MONAI Inferer that maps each case on its own grid, slice by slice."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor, list_data_collate
@@ -39,3 +40,58 @@ def test_a_case_already_at_the_network_size_is_not_resized():
     image = MetaTensor(torch.rand(2, 1, 32, 32))
     maps = SliceWiseInferer()(image, IntensityMapNetwork())
     torch.testing.assert_close(maps.as_tensor(), image.as_tensor(), atol=1e-6, rtol=0)
+
+
+def test_the_image_level_score_comes_from_the_pass_that_makes_the_maps():
+    from monai.data import decollate_batch
+
+    from mediclip_monai.decisions import Decisions, run_decisions
+    from mediclip_monai.decisions.image_level import (
+        SIGNALS,
+        SLICE_FOREGROUND_KEY,
+        SLICE_SCORES_KEY,
+        fit_image_level,
+        slice_probabilities,
+        slice_signals,
+    )
+    from mediclip_monai.networks import MediCLIP
+    from mediclip_monai.transforms import AnomalyScored
+
+    from ..networks.test_branches import calibrate_on_random_cases
+
+    torch.manual_seed(0)
+    network = calibrate_on_random_cases(MediCLIP("mediclip-tiny", "none").eval())
+    shots = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        tokens = network.image_tokens(shots)
+    network.shot_embeddings.build(tokens.class_tokens, tokens.embedding)
+    rng = torch.Generator().manual_seed(4)
+    signals = {name: torch.randn(20, generator=rng).numpy() for name in SIGNALS}
+    copies = [0] * 10 + [1] * 10
+    rule = fit_image_level(signals, copies, list(range(10)) * 2, [1.0] * 20, "memory_bank")
+    network.decisions = Decisions({**network.decisions.calibration, "image_level": rule})
+    network.anomaly_branch = "mediclip"
+
+    case = volume((40, 36, 3), torch.eye(4))
+    batch = list_data_collate([{"image": case}])["image"]
+    maps = SliceWiseInferer(batch_size=2)(batch, network)
+    # the maps are those of a run without the image-level score, bit for bit
+    assert torch.equal(maps.as_tensor(), SliceWiseInferer(batch_size=2, image_level=False)(batch, network).as_tensor())
+    assert maps.meta[SLICE_SCORES_KEY].shape == maps.meta[SLICE_FOREGROUND_KEY].shape == (1, 3)
+    # each slice's probability is the rule on its signals, with the map of the rule's branch
+    views = F.interpolate(case.as_tensor().permute(3, 0, 1, 2), size=(224, 224), mode="bilinear")
+    contract = network.input_contract
+    inputs = (views.expand(-1, 3, -1, -1) - torch.tensor(contract.mean)[:, None, None]) / torch.tensor(
+        contract.std
+    )[:, None, None]
+    with torch.no_grad():
+        tokens = network.image_tokens(inputs)
+        bank_map = network.anomaly_maps_from_tokens(tokens.patch_tokens, (224, 224), ("memory_bank",))["memory_bank"]
+    expected = slice_probabilities(slice_signals(network, tokens, views, bank_map), rule)
+    torch.testing.assert_close(maps.meta[SLICE_SCORES_KEY][0], torch.from_numpy(expected), atol=1e-4, rtol=0)
+    # the case, once decollated, is scored by the run's decisions from those probabilities
+    item = decollate_batch({"pred": maps, "image": batch})[0]
+    scored = AnomalyScored("pred", run_decisions(network))(item)
+    assert scored["image_threshold"] == rule["threshold"]
+    assert scored["score"] == pytest.approx(float(maps.meta[SLICE_SCORES_KEY][0].max()))
+    assert scored["max_slice"] == int(maps.meta[SLICE_SCORES_KEY][0].argmax())
