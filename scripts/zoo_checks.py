@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -122,6 +123,10 @@ def check_version_changelog(bundle: Path) -> None:
 
 def check_metadata_schema(bundle: Path) -> None:
     from monai.bundle import verify_metadata
+
+    # without it MONAI's verify_metadata fails on its own placeholder class, not on the metadata
+    if importlib.util.find_spec("jsonschema") is None:
+        raise CheckFailed("needs the package 'jsonschema', which is not installed: pip install -e \".[zoo]\"")
 
     verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(SCHEMA))
 
