@@ -8,20 +8,25 @@ on the configs it is layered on (`LAYERS`).
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import json
 import os
+import re
 from pathlib import Path
 
 from .. import readable_errors  # noqa: F401 (a config's layering error ends with its reason)
 from ..errors import ConfigValueError
 
-__all__ = ["LAYERS", "bundle_root", "config_files", "layers", "require_layers", "use_instead"]
+__all__ = ["LAYERS", "bundle_root", "check_overrides", "config_files", "layers", "require_layers", "use_instead"]
 
 # How the configs are layered by name: each run's files, bottom first (MONAI merges them in this order; a
 # "+key" extends the key of the files below). train.json and inference.json stand alone (the bundle's contract:
 # `--config_file bundle/configs/train.json` trains), as MONAI model-zoo bundles do; evaluation is inference
 # plus the truth, the metrics and the report.
 LAYERS = {"evaluate.json": ("inference.json", "evaluate.json")}
+# Keys the configs no longer have, and what decides instead (`check_overrides` says so).
+RETIRED_KEYS = {"image_size": "the input size is the backbone's (--clip_model), from its input contract"}
 
 
 def _running_workflow():
@@ -82,6 +87,50 @@ def require_layers(config: str, *base_keys: str) -> None:
     workflow = _running_workflow()
     if workflow is not None and not all(key in workflow.parser.get() for key in base_keys):
         use_instead(*layers(config), why=f"{config} is layered on {' and '.join(layers(config)[:-1])}")
+
+
+def _defined_keys(folder: Path) -> set[str]:
+    """The top-level keys that the bundle's configs define (every JSON config in ``folder``), and those MONAI's
+    experiment tracking adds (``--tracking mlflow``)."""
+    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+    keys = {key for settings in DEFAULT_EXP_MGMT_SETTINGS.values() for key in settings.get("configs", {})}
+    for path in folder.glob("*.json"):
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not a config (or not readable): MONAI reports the configs it reads itself
+        if isinstance(config, dict):
+            keys.update(key.lstrip("+") for key in config)
+    return keys
+
+
+def check_overrides() -> None:
+    """Refuse a command-line key that no config of the bundle defines and nothing reads (``--epoch 5`` for
+    ``--epochs``): MONAI would add it to the config and the run would go on without it. Keys of a config of
+    one's own layered on the bundle's count as read when that config refers to them (``@key``).
+
+    Raises:
+        ConfigValueError: the unknown keys, each with the nearest key the configs define.
+    """
+    workflow = _running_workflow()
+    if workflow is None:
+        return
+    config = workflow.parser.get()
+    defined = _defined_keys(Path(workflow.config_root_path))
+    text = json.dumps(config, default=str)
+    unknown = [
+        key
+        for key in config
+        if not key.startswith("_") and key not in defined and not re.search(rf"@{re.escape(key)}(?!\w)", text)
+    ]
+    problems = []
+    for key in unknown:
+        near = difflib.get_close_matches(key, sorted(defined), n=1)
+        hint = f" ({RETIRED_KEYS[key]})" if key in RETIRED_KEYS else f" (did you mean --{near[0]}?)" if near else ""
+        problems.append(f"--{key}: no config of {workflow.config_root_path} has this key; it would be ignored{hint}")
+    if problems:
+        raise ConfigValueError("; ".join(problems))
 
 
 def use_instead(*names: str, why: str) -> None:

@@ -73,3 +73,34 @@ def test_bundle_root_is_asked_for_when_no_workflow_runs_the_config():
     with pytest.raises(Exception) as error:
         parser.get_parsed_content("bundle_root")
     assert isinstance(root_cause(error.value), ConfigValueError) and "--bundle_root" in str(root_cause(error.value))
+
+
+@pytest.mark.parametrize(
+    "config, run_id, override, expected",
+    [
+        ([TRAIN], "training", ["--epoch", "1"], "--epoch: no config of {} has this key; it would be ignored (did you mean --epochs?)"),
+        ([TRAIN], "calibrate", ["--image_size", "336"], "--image_size: no config of {} has this key; it would be ignored (the input size is the backbone's (--clip_model), from its input contract)"),
+        ([INFERENCE], "run", ["--treshold", "0.5"], "--treshold: no config of {} has this key; it would be ignored (did you mean --threshold?)"),
+        ([INFERENCE, EVALUATE], "run", ["--qqq", "1"], "--qqq: no config of {} has this key; it would be ignored"),
+    ],
+    ids=["misspelt", "retired", "inference", "evaluate"],
+)  # fmt: skip
+def test_a_key_no_config_defines_ends_the_run_naming_it(config, run_id, override, expected, tmp_path):
+    given = "[" + ",".join(f"'{path}'" for path in config) + "]"
+    command = ["-m", "monai.bundle", "run", run_id, "--config_file", given, *override, *TINY]
+    result = cli([*command, "--output_dir", str(tmp_path)])
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert result.returncode != 0
+    assert last.startswith("error: ") and last.endswith(expected.format(os.path.dirname(TRAIN))), last
+    assert os.listdir(tmp_path) == []  # refused before anything was read or written
+
+
+def test_a_key_of_ones_own_layered_config_is_read_when_it_is_referred_to(tmp_path):
+    # a config of one's own on top of train.json, whose new key another key refers to: not refused as unknown
+    # (the run then stops at the next check, the batch size it gave, before any data is read)
+    site = tmp_path / "site.json"
+    site.write_text('{"site_batch": 0, "batch_size": "@site_batch"}')
+    given = f"['{TRAIN}','{site}']"
+    result = cli(["-m", "monai.bundle", "run", "training", "--config_file", given, *TINY])
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert result.returncode != 0 and "--batch_size 0: must be a whole number >= 1" in last, last
