@@ -1,6 +1,7 @@
 """scripts/few_shot_seeds.py: the few-shot protocol over seeds, mean +/- std per branch."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,21 @@ def test_two_seeds_train_evaluate_and_print_every_branch(demo_dir, tmp_path):
     # the k shots differ between seeds, so do the results
     assert per_seed[0] != per_seed[1]
     assert "mean +/- std over 2 seed(s)" in result.stdout and "fused" in result.stdout
+
+    # the image-level ceiling of these runs: its ``default`` is the evaluation's own image AUROC, and the bounds
+    # chosen on the test set can only be higher than what a choice made once, or on the calibration set, gives
+    ceiling = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "image_level_ceiling.py"), "--runs", str(tmp_path / "seeds"),
+         *command[command.index("--dataset_dir"):]],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert ceiling.returncode == 0, ceiling.stdout[-3000:] + ceiling.stderr[-3000:]
+    rows = dict(re.findall(r"^  (\S.*?)\s+([\d.]+) \+/- [\d.]+", ceiling.stdout, re.MULTILINE))
+    rows = {name: float(value) for name, value in rows.items()}
+    assert rows["default"] == pytest.approx(np.mean(tops), abs=1e-3)
+    seeds = [float(v) for v in re.findall(r"^seed \d: default ([\d.]+)", ceiling.stdout, re.MULTILINE)]
+    assert seeds == pytest.approx(tops, abs=1e-3)
+    bounds = [rows[f"best per seed, chosen on test: {what}"] for what in ("a pair", "one score")]
+    assert bounds[0] >= bounds[1] >= rows["best fixed, chosen on test: one score"] - 1e-9
+    assert bounds[0] >= rows["best fixed, chosen on test: a pair"] >= rows["best fixed, chosen on test: one score"]
+    assert bounds[0] >= rows["calibration's pick"]
