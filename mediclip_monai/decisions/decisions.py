@@ -153,6 +153,14 @@ class Decisions:
         """The image-score rule (``scoring.case_score``); None, the map's maximum, while uncalibrated."""
         return None if self.calibration is None else dict(self.calibration["image_score"])
 
+    def map_span(self, branch: str | None) -> float:
+        """The range (``max - min``) of ``branch``'s map over the calibration pixels, the span by which
+        ``map_scale`` normalises it; 1 for a model without it (calibrated before it was stored, or uncalibrated)."""
+        stored = (self.calibration or {}).get("map_range") or {}
+        if branch not in stored:
+            return 1.0
+        return max(float(stored[branch]["max"]) - float(stored[branch]["min"]), 1e-6)
+
     def fitted_thresholds(self, branch: str) -> dict[str, float | None]:
         """``{"threshold", "image_threshold"}`` fitted for ``branch`` (None for what was not fitted)."""
         stored = self.calibration or {}

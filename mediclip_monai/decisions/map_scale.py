@@ -37,13 +37,9 @@ _SPELLINGS = {"probability": "probability", "normalised": "normalised", "normali
 
 
 def map_span(network) -> float:
-    """The range of the network's branch over its validation pixels (calibration's ``map_range``); 1 without it."""
+    """The range of the network's branch over its validation pixels (`Decisions.map_span`); 1 without it."""
     module = getattr(network, "module", network)
-    stored = (Decisions.of(module).calibration or {}).get("map_range")
-    branch = getattr(module, "anomaly_branch", None)
-    if not stored or branch not in stored:
-        return 1.0
-    return max(float(stored[branch]["max"]) - float(stored[branch]["min"]), 1e-6)
+    return Decisions.of(module).map_span(getattr(module, "anomaly_branch", None))
 
 
 @dataclass(frozen=True)
