@@ -59,7 +59,13 @@ def _tissue_level(image: np.ndarray) -> float:
 
 
 class _UnseenAnomaly(_AnomalyTask):
-    """A Perlin blob (as the synthesis tasks draw them) placed with its centre on the foreground."""
+    """A Perlin blob (as the synthesis tasks draw them) placed with its centre on the foreground.
+
+    Args:
+        min_prop: smallest blob box side, as a fraction of the image side.
+        max_prop: largest blob box side, as a fraction of the image side.
+        prob: probability of synthesising anything; otherwise the image is returned with an empty mask.
+    """
 
     def __init__(self, min_prop: float = 0.1, max_prop: float = 0.4, prob: float = 1.0) -> None:
         super().__init__(min_prop, max_prop, FOREGROUND_LEVEL, prob)
@@ -80,10 +86,7 @@ class RandIntensityPatch(_UnseenAnomaly):
     ``image * (1 - w) + (level + texture) * w``, clipped to [0, 1]: ``texture`` the image minus its Gaussian blur
     (sigma 2 pixels), ``w`` the blob blurred by a Gaussian of sigma U(0.5, 1.5) pixels. The mask is the blob.
 
-    Args:
-        min_prop: smallest blob box side, as a fraction of the image side.
-        max_prop: largest blob box side, as a fraction of the image side.
-        prob: probability of synthesising anything; otherwise the image is returned with an empty mask.
+    Args: as `_UnseenAnomaly`.
     """
 
     def _draw_anomaly(self, image: np.ndarray, bounds: list[tuple[int, int]]) -> tuple[np.ndarray, dict]:
@@ -107,10 +110,7 @@ class RandTextureChange(_UnseenAnomaly):
     image becomes ``image + texture * w``, clipped to [0, 1], ``w`` the blob blurred by a Gaussian of sigma
     U(0.5, 1.5) pixels. The mask is the blob.
 
-    Args:
-        min_prop: smallest blob box side, as a fraction of the image side.
-        max_prop: largest blob box side, as a fraction of the image side.
-        prob: probability of synthesising anything; otherwise the image is returned with an empty mask.
+    Args: as `_UnseenAnomaly`.
     """
 
     def _draw_anomaly(self, image: np.ndarray, bounds: list[tuple[int, int]]) -> tuple[np.ndarray, dict]:

@@ -75,16 +75,24 @@ def test_bundle_root_is_asked_for_when_no_workflow_runs_the_config():
     assert isinstance(root_cause(error.value), ConfigValueError) and "--bundle_root" in str(root_cause(error.value))
 
 
+IGNORED = "no config of {} has this key; it would be ignored"
+
+
 @pytest.mark.parametrize(
     "config, run_id, override, expected",
     [
-        ([TRAIN], "training", ["--epoch", "1"], "--epoch: no config of {} has this key; it would be ignored (did you mean --epochs?)"),
-        ([TRAIN], "calibrate", ["--image_size", "336"], "--image_size: no config of {} has this key; it would be ignored (the input size is the backbone's (--clip_model), from its input contract)"),
-        ([INFERENCE], "run", ["--treshold", "0.5"], "--treshold: no config of {} has this key; it would be ignored (did you mean --threshold?)"),
-        ([INFERENCE, EVALUATE], "run", ["--qqq", "1"], "--qqq: no config of {} has this key; it would be ignored"),
+        ([TRAIN], "training", ["--epoch", "1"], f"--epoch: {IGNORED} (did you mean --epochs?)"),
+        (
+            [TRAIN],
+            "calibrate",
+            ["--image_size", "336"],
+            f"--image_size: {IGNORED} (the input size is the backbone's (--clip_model), from its input contract)",
+        ),
+        ([INFERENCE], "run", ["--treshold", "0.5"], f"--treshold: {IGNORED} (did you mean --threshold?)"),
+        ([INFERENCE, EVALUATE], "run", ["--qqq", "1"], f"--qqq: {IGNORED}"),
     ],
     ids=["misspelt", "retired", "inference", "evaluate"],
-)  # fmt: skip
+)
 def test_a_key_no_config_defines_ends_the_run_naming_it(config, run_id, override, expected, tmp_path):
     given = "[" + ",".join(f"'{path}'" for path in config) + "]"
     command = ["-m", "monai.bundle", "run", run_id, "--config_file", given, *override, *TINY]

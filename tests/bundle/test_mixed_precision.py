@@ -6,6 +6,7 @@ tensor of another dtype: a GPU once failed at the very end of training because t
 reached the adapters outside it.
 """
 
+import csv
 import json
 import os
 
@@ -41,7 +42,7 @@ def test_training_calibration_inference_and_evaluation_in_mixed_precision(demo_d
 
     # inference of a volume (64 slices: forward batches of 4) in bfloat16 and in float32
     volume = os.path.join(demo_dir, "test", "brain_volume.nii.gz")
-    maps = {}
+    maps, scores = {}, {}
     for amp in ("true", "false"):
         out = tmp_path / f"infer_{amp}"
         common = ["--input", volume, "--output_dir", str(out), "--ckpt_dir", str(tmp_path / "models")]
@@ -67,8 +68,12 @@ def test_training_calibration_inference_and_evaluation_in_mixed_precision(demo_d
         precision = "bfloat16 autocast" if amp == "true" else "float32"
         assert f"precision on cpu: {precision} (amp {amp})" in result.stdout
         maps[amp] = nib.load(out / "brain_volume" / "brain_volume_anomaly_map.nii.gz").get_fdata()
+        scores[amp] = float(next(csv.DictReader((out / "scores.csv").open()))["score"])
     difference = np.abs(maps["true"] - maps["false"])
     assert 0 < difference.max() < 0.1 and difference.mean() < 0.01  # another precision, the same map
+    # the image-level score (global signals and the map, from the same bfloat16 pass): the same verdict's score
+    assert extra_state(trained)["calibration"]["image_level"] is not None
+    assert 0 < scores["true"] < 1 and abs(scores["true"] - scores["false"]) < 0.05
 
     # evaluation of the demo test set in mixed precision
     result = cli(
